@@ -1,0 +1,203 @@
+"""Aggregators: from unimodal posteriors and a mask to one joint posterior.
+
+Every aggregator is ``(experts, mask) -> SubsetMixture`` (a torch ``Distribution`` with
+``rsample``, ``log_prob`` and ``mean``), so any model can swap its aggregation by name.
+In the barycentric view (Qiu et al. 2025, Lemma 1) each is the barycenter of the
+unimodal posteriors under some divergence, or a mixture of such barycenters over subsets:
+
+========================  ==============================  ==========================
+name                      barycenter of a subset          subsets mixed
+========================  ==============================  ==========================
+``poe``                   product of experts (reverse KL)  the observed set
+``moe``                   (a single expert)               singletons (forward KL)
+``mopoe``                 product of experts              all non-empty subsets
+``wb``                    2-Wasserstein barycenter        the observed set
+``mwb``                   2-Wasserstein barycenter        all non-empty subsets
+========================  ==============================  ==========================
+
+Masked modalities drop out of every barycenter through ``torch.where`` and receive
+exactly zero gradient. ``infer`` gives the posterior used to represent or condition on
+an observed set; for subset mixtures it is the barycenter of the whole observed set, as
+MoPoE's evaluation does (Sutter et al. 2021, Sec. 4), and ``inference="mixture"`` keeps the
+mixture instead.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, MultivariateNormal
+
+from omnivae.distributions import GaussianExperts, SubsetMixture, SubsetMode, diagonal_normal
+from omnivae.errors import UserError, unknown_name
+from omnivae.functional import bures_wasserstein_barycenter, poe, wasserstein_barycenter
+
+__all__ = [
+    "Aggregator",
+    "ProductOfExperts",
+    "WassersteinBarycenter",
+    "MixtureOfExperts",
+    "MixtureOfProductsOfExperts",
+    "MixtureOfBarycenters",
+    "AGGREGATORS",
+    "build_aggregator",
+]
+
+Covariance = Literal["diag", "full"]
+
+
+class Aggregator(nn.Module):
+    """Base class: ``forward(experts, mask)`` returns the training posterior.
+
+    Subclasses set ``subsets`` and implement :meth:`combine`, the barycenter of the experts
+    selected by a mask. ``forward`` wraps it in a :class:`SubsetMixture`.
+    """
+
+    subsets: SubsetMode = "full"
+    inference: Literal["barycenter", "mixture"] = "barycenter"
+
+    def combine(self, experts: GaussianExperts, mask: Tensor) -> Distribution:
+        raise NotImplementedError
+
+    def forward(self, experts: GaussianExperts, mask: Tensor) -> SubsetMixture:
+        """The aggregated posterior of ``experts [M, *B, D]`` given ``mask [M, *B]``."""
+        return SubsetMixture(experts, mask, self.combine, self.subsets)
+
+    def infer(self, experts: GaussianExperts, mask: Tensor) -> Distribution:
+        """The posterior for an observed set at inference time (representation, generation)."""
+        posterior = self(experts, mask)
+        if self.subsets == "full" or self.inference == "mixture":
+            return posterior
+        return posterior.full_component()
+
+
+class ProductOfExperts(Aggregator):
+    """Product of Gaussian experts (MVAE; Wu & Goodman 2018, Eq. 5).
+
+    The reverse-KL barycenter of the unimodal posteriors (Qiu et al. 2025, Theorem 1).
+
+    Args:
+        prior_expert: Include N(0, I) as an expert, as MVAE does (Wu & Goodman 2018, Sec. 3).
+
+    Example:
+        >>> experts = GaussianExperts(torch.zeros(2, 4, 3), torch.ones(2, 4, 3))
+        >>> q = ProductOfExperts()(experts, torch.ones(2, 4, dtype=torch.bool))
+        >>> q.rsample().shape
+        torch.Size([4, 3])
+    """
+
+    def __init__(self, prior_expert: bool = True) -> None:
+        super().__init__()
+        self.prior_expert = prior_expert
+
+    def combine(self, experts: GaussianExperts, mask: Tensor) -> Distribution:
+        if not experts.is_diagonal:
+            raise UserError("the product of experts needs diagonal covariances; use --covariance diag")
+        loc, var = poe(experts.loc, experts.var, mask, prior_expert=self.prior_expert)
+        return diagonal_normal(loc, var.sqrt())
+
+
+class WassersteinBarycenter(Aggregator):
+    """2-Wasserstein barycenter of the unimodal posteriors (WB-VAE; Qiu et al. 2025).
+
+    With diagonal experts it is the closed form of Remark 2 (Eq. 7): weighted averages of
+    the means and of the standard deviations. With full or low-rank-plus-diagonal experts
+    (``experts.cov_factor`` set) it solves the Bures-Wasserstein fixed point of Eq. 6.
+
+    Args:
+        weights: Barycentric weights lambda_m ``[M]``; uniform over the observed when None.
+        iters: Fixed-point iterations for full covariances.
+    """
+
+    def __init__(self, weights: Tensor | None = None, iters: int = 30) -> None:
+        super().__init__()
+        self.register_buffer("weights", None if weights is None else torch.as_tensor(weights))
+        self.iters = iters
+
+    def combine(self, experts: GaussianExperts, mask: Tensor) -> Distribution:
+        if experts.is_diagonal:
+            loc, std = wasserstein_barycenter(experts.loc, experts.scale, self.weights, mask)
+            return diagonal_normal(loc, std)
+        loc, cov = bures_wasserstein_barycenter(
+            experts.loc, experts.covariance(), self.weights, mask, iters=self.iters, tol=None
+        )
+        return MultivariateNormal(loc, covariance_matrix=cov, validate_args=False)
+
+
+class MixtureOfExperts(Aggregator):
+    """Uniform mixture of the observed unimodal posteriors (MMVAE; Shi et al. 2019, Eq. 2).
+
+    The forward-KL barycenter (Qiu et al. 2025, Theorem 1). Sampling picks one observed
+    modality per row and reparameterises inside that component.
+    """
+
+    subsets = "singletons"
+
+    def __init__(self, inference: Literal["barycenter", "mixture"] = "mixture") -> None:
+        super().__init__()
+        self.inference = inference
+        self._single = WassersteinBarycenter()
+
+    def combine(self, experts: GaussianExperts, mask: Tensor) -> Distribution:
+        # A component holds one expert, whose barycenter (under any divergence) is itself;
+        # for a whole observed set (inference="barycenter") this gives the W2 barycenter.
+        return self._single.combine(experts, mask)
+
+
+class MixtureOfProductsOfExperts(ProductOfExperts):
+    """Mixture over all non-empty subsets of products of experts (MoPoE; Sutter et al. 2021, Eq. 7).
+
+    Args:
+        prior_expert: Include N(0, I) in every subset's product. Off by default: the paper
+            defines each subset posterior as the product of its unimodal posteriors.
+        inference: ``"barycenter"`` conditions on an observed set with its PoE (as MoPoE's
+            evaluation); ``"mixture"`` keeps the mixture over its subsets.
+    """
+
+    subsets = "all"
+
+    def __init__(
+        self, prior_expert: bool = False, inference: Literal["barycenter", "mixture"] = "barycenter"
+    ) -> None:
+        super().__init__(prior_expert=prior_expert)
+        self.inference = inference
+
+
+class MixtureOfBarycenters(WassersteinBarycenter):
+    """Mixture over all non-empty subsets of Wasserstein barycenters (MWB-VAE; Qiu et al. 2025, Remark 3).
+
+    The forward-KL barycenter of the subsets' W2 barycenters.
+
+    Args:
+        weights: Barycentric weights within each subset.
+        inference: As for :class:`MixtureOfProductsOfExperts`.
+    """
+
+    subsets = "all"
+
+    def __init__(
+        self,
+        weights: Tensor | None = None,
+        iters: int = 30,
+        inference: Literal["barycenter", "mixture"] = "barycenter",
+    ) -> None:
+        super().__init__(weights=weights, iters=iters)
+        self.inference = inference
+
+
+AGGREGATORS: dict[str, type[Aggregator]] = {
+    "poe": ProductOfExperts,
+    "moe": MixtureOfExperts,
+    "mopoe": MixtureOfProductsOfExperts,
+    "wb": WassersteinBarycenter,
+    "mwb": MixtureOfBarycenters,
+}
+
+
+def build_aggregator(name: str, **kwargs) -> Aggregator:
+    """An aggregator by registry name (``poe``, ``moe``, ``mopoe``, ``wb``, ``mwb``)."""
+    if name not in AGGREGATORS:
+        raise unknown_name("aggregator", name, list(AGGREGATORS))
+    return AGGREGATORS[name](**kwargs)

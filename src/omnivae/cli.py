@@ -1,0 +1,302 @@
+"""The ``omnivae`` command line: parse, build from the registries, delegate.
+
+Exit status 0 on success and 2 for a user mistake, reported as one line on stderr
+(``omnivae: error: ...``) with no traceback. Nothing is half-written: run files and
+outputs are written to temporary names and renamed into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from omnivae import __version__
+from omnivae.errors import DataError, UserError
+
+DEFAULT_MODEL = "mwb"
+DEFAULT_DATASET = "polymnist"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see '{self.prog} --help')")
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model (default: mwb on polymnist)",
+        description="Train a multimodal VAE and write a run directory.",
+    )
+    p.add_argument("--model", help=f"registered model name (default {DEFAULT_MODEL}; see 'omnivae models')")
+    p.add_argument("--dataset", help=f"dataset name or npz:FILE (default {DEFAULT_DATASET}; see 'omnivae datasets')")
+    p.add_argument("--data-dir", help="folder with a dataset's real files, where it needs them")
+    p.add_argument("--aggregator", help="swap the model's aggregation: poe, moe, mopoe, wb, mwb")
+    p.add_argument("--epochs", type=int, help="training epochs (default 10)")
+    p.add_argument("--latent-dim", type=int, help="latent size (default 32)")
+    p.add_argument("--beta", type=float, help="weight of the KL term (default 1)")
+    p.add_argument("--batch-size", type=int, help="batch size (default 256)")
+    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--device", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--missing-rate", type=float, help="hide each modality at random with this probability during training")
+    p.add_argument("--warmup-epochs", type=float, help="linear KL warm-up over this many epochs (default 0)")
+    p.add_argument("--backbone", help="network family: auto, mlp, conv, resnet (default auto)")
+    p.add_argument("--hidden", help="MLP hidden widths, comma separated (default 512,512)")
+    p.add_argument("--covariance", help="encoder covariance: diag or lowrank (full-covariance barycenters)")
+    p.add_argument("--rank", type=int, help="rank of the low-rank covariance factor (default 1)")
+    p.add_argument("--likelihood", help="decoder likelihood: auto, gaussian, laplace, bernoulli, categorical")
+    p.add_argument("--rescale-likelihoods", action="store_true", default=None, help="weight modalities by size (MoPoE)")
+    p.add_argument("--num-samples", type=int, help="importance samples K for moe (default 1)")
+    p.add_argument("--dreg", action="store_true", default=None, help="DReG gradients for the moe objective")
+    p.add_argument("--num-random-subsets", type=int, help="extra random subsets in poe's objective (default 0)")
+    p.add_argument("--prior", help="prior: normal or laplace (default normal)")
+    p.add_argument("--config", help="JSON file of defaults for these options (flags override it)")
+    p.add_argument("--out", help="run directory (default runs/MODEL-DATASET-TIME)")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted or finished run (add --epochs to extend)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=cmd_train)
+
+
+def _add_impute(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "impute",
+        help="fill missing modalities of an npz file",
+        description="Fill the masked or absent modalities of an npz file with a trained model.",
+    )
+    p.add_argument("run", help="run directory written by 'omnivae train'")
+    p.add_argument("--input", required=True, help="npz with one array per modality and optional mask_<name> arrays")
+    p.add_argument("--output", required=True, help="npz to write: every modality, filled")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(handler=cmd_impute)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="omnivae", description="Multimodal variational autoencoders.")
+    parser.add_argument("--version", action="version", version=f"omnivae {__version__}")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
+    _add_train(sub)
+    _add_impute(sub)
+    models = sub.add_parser("models", help="list the registered models and aggregators")
+    models.set_defaults(handler=cmd_models)
+    datasets = sub.add_parser("datasets", help="list the datasets")
+    datasets.set_defaults(handler=cmd_datasets)
+    return parser
+
+
+# -- train ---------------------------------------------------------------------------------
+_TRAIN_KEYS = {
+    "model": "model", "aggregator": "aggregator", "latent_dim": "latent_dim", "beta": "beta",
+    "backbone": "backbone", "hidden": "hidden", "covariance": "covariance", "rank": "rank",
+    "likelihood": "likelihood", "rescale_likelihoods": "rescale_likelihoods",
+    "num_samples": "num_samples", "dreg": "dreg", "num_random_subsets": "num_random_subsets",
+    "prior": "prior",
+}
+
+
+def _load_config_file(path: str | None) -> dict:
+    if path is None:
+        return {}
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--config {path}: no such file")
+    try:
+        obj = json.loads(file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise UserError(f"--config {path} is not valid JSON ({err})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"--config {path} must hold a JSON object of option names to values")
+    return {k.replace("-", "_"): v for k, v in obj.items()}
+
+
+def _options(args: argparse.Namespace) -> dict:
+    """Options from --config, overridden by explicit flags."""
+    options = _load_config_file(args.config)
+    for key, value in vars(args).items():
+        if value is not None and key not in ("config", "handler", "command"):
+            options[key] = value
+    if isinstance(options.get("hidden"), str):
+        try:
+            options["hidden"] = [int(v) for v in options["hidden"].split(",") if v.strip()]
+        except ValueError:
+            raise UserError(f"--hidden must be comma-separated integers, got {options['hidden']!r}") from None
+    return options
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from omnivae.data import load_dataset
+    from omnivae.models import ModelConfig
+    from omnivae.train import TrainConfig, TrainingInterrupted, check_run_dir, new_run_dir, train
+
+    options = _options(args)
+    resume = options.pop("resume", None)
+    if resume is not None:
+        saved = check_run_dir(Path(resume))
+        model_config = ModelConfig.from_json(saved["model"])
+        train_config = TrainConfig.from_json(saved["train"])
+        if "epochs" in options:
+            train_config.epochs = int(options["epochs"])
+        if options.get("no_progress"):
+            train_config.progress = False
+        dataset_name = saved["dataset"]["name"]
+        data_dir = options.get("data_dir")
+        run_dir = Path(resume)
+    else:
+        known_model = {f.name for f in fields(ModelConfig)}
+        known_train = {f.name for f in fields(TrainConfig)}
+        unknown = set(options) - known_model - known_train - {"dataset", "data_dir", "out", "no_progress", "resume"}
+        if unknown:
+            raise UserError(f"unknown option(s) in --config: {', '.join(sorted(unknown))}")
+        model_config = ModelConfig(**{k: v for k, v in options.items() if k in known_model})
+        model_config.model = options.get("model", DEFAULT_MODEL)
+        train_config = TrainConfig(**{k: v for k, v in options.items() if k in known_train})
+        if options.get("no_progress"):
+            train_config.progress = False
+        dataset_name = options.get("dataset", DEFAULT_DATASET)
+        data_dir = options.get("data_dir")
+        run_dir = Path(options["out"]) if "out" in options else new_run_dir(model_config.model, dataset_name)
+    model_config.validate()
+    data = load_dataset(dataset_name, data_dir=data_dir, seed=0)
+    train_config.validate(len(data.train))
+    print(
+        f"training {model_config.model} (aggregator {model_config.aggregator or 'default'}) on {dataset_name}: "
+        f"{len(data.train)} train / {len(data.test)} test samples, modalities "
+        + ", ".join(f"{m.name}{list(m.shape)}" for m in data.modalities),
+        flush=True,
+    )
+    try:
+        trainer = train(model_config, train_config, data, dataset_name, run_dir, resume=resume is not None)
+    except TrainingInterrupted as stop:
+        print(f"omnivae: {stop}", file=sys.stderr)
+        return 130
+    _print_summary(trainer, run_dir)
+    return 0
+
+
+def _print_summary(trainer, run_dir: Path) -> None:
+    if trainer.history:
+        last = trainer.history[-1]
+        terms = [k[len("test_"):] for k in last if k.startswith("test_")]
+        print(f"after {last['epoch']} epoch(s), {last['samples_per_second']:.0f} samples/s:")
+        print(f"  {'':6}" + "".join(f"{t:>12}" for t in terms))
+        for split in ("train", "test"):
+            values = [last.get(f"{split}_{t}") for t in terms]
+            print(f"  {split:6}" + "".join(f"{v:>12.4g}" if v is not None else f"{'':>12}" for v in values))
+    print(f"run written to {run_dir}")
+
+
+# -- impute --------------------------------------------------------------------------------
+def cmd_impute(args: argparse.Namespace) -> int:
+    from omnivae.data import load_npz_array
+    from omnivae.train import load_run, resolve_device
+    from omnivae.train.checkpoint import atomic_write_bytes
+
+    output = Path(args.output)
+    if output.suffix != ".npz":
+        raise UserError(f"--output {output} must end in .npz")
+    if not output.parent.exists():
+        raise UserError(f"--output {output}: the folder {output.parent} does not exist")
+    device = resolve_device(args.device)
+    run = load_run(args.run, device=device)
+    data = load_npz_array(args.input)
+    expected = {m.name: m for m in run.modalities}
+    unknown = [m.name for m in data.modalities if m.name not in expected]
+    if unknown:
+        raise DataError(
+            f"{args.input}: modalities {unknown} are not in the run (it has {list(expected)}); rename or drop them"
+        )
+    for spec in data.modalities:
+        if tuple(spec.shape) != tuple(expected[spec.name].shape):
+            raise DataError(
+                f"{args.input}: modality {spec.name!r} has per-sample shape {tuple(spec.shape)}, "
+                f"the run expects {tuple(expected[spec.name].shape)}"
+            )
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be >= 1")
+    present = [m.name for m in data.modalities]
+    filled: dict[str, list[torch.Tensor]] = {name: [] for name in expected}
+    model = run.model
+    with torch.no_grad():
+        for batch in data.to(device).batches(args.batch_size):
+            out = model.impute(batch.x, batch.mask)
+            for name in expected:
+                filled[name].append(out[name].cpu())
+    arrays: dict[str, np.ndarray] = {}
+    n = len(data)
+    for name, spec in expected.items():
+        values = torch.cat(filled[name])
+        if spec.kind == "image":
+            arrays[name] = (values.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        elif spec.kind == "binary":
+            arrays[name] = (values >= 0.5).numpy()
+        else:
+            arrays[name] = values.numpy()
+        observed = data.masks[name].numpy() if name in present else np.zeros(n, dtype=bool)
+        arrays[f"mask_{name}"] = observed
+    if data.labels is not None:
+        arrays["labels"] = data.labels.numpy()
+    import io
+
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    atomic_write_bytes(output, buffer.getvalue())
+    counts = {name: int(n - arrays[f"mask_{name}"].sum()) for name in expected}
+    print(
+        f"imputed {sum(counts.values())} missing entries ("
+        + ", ".join(f"{k}: {v}" for k, v in counts.items())
+        + f") in {n} samples; wrote {output} (mask_<name> arrays mark the observed values)"
+    )
+    return 0
+
+
+# -- listings ------------------------------------------------------------------------------
+def cmd_models(args: argparse.Namespace) -> int:
+    from omnivae.models import model_table
+
+    print(model_table())
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from omnivae.data import dataset_table
+
+    print(dataset_table())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        return int(args.handler(args))
+    except UserError as err:
+        print(f"omnivae: error: {err}", file=sys.stderr)
+        return 2
+    except FloatingPointError as err:
+        print(f"omnivae: error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("omnivae: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry_point() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry_point()

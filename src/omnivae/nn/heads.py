@@ -1,0 +1,307 @@
+"""Heads: the Gaussian encoder and the likelihoods that turn decoder outputs into distributions.
+
+An encoder is a body followed by :class:`GaussianEncoder`'s linear heads; it returns the
+posterior parameters ``(loc, scale, cov_factor)`` that aggregators combine. A decoder is
+a body followed by a likelihood head; :class:`Decoder` returns a
+:class:`torch.distributions.Distribution` with ``batch_shape [N]`` and ``event_shape``
+the modality's shape, so ``log_prob(x)`` is ``[N]`` and ``mean`` is the reconstruction.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.distributions import (
+    Bernoulli,
+    Distribution,
+    Independent,
+    Laplace,
+    Normal,
+    OneHotCategorical,
+)
+
+from omnivae.errors import UserError, unknown_name
+
+__all__ = [
+    "COVARIANCES",
+    "soft_clamp",
+    "GaussianEncoder",
+    "LikelihoodHead",
+    "GaussianHead",
+    "LaplaceHead",
+    "BernoulliHead",
+    "CategoricalHead",
+    "Decoder",
+]
+
+COVARIANCES = ("diag", "lowrank")
+
+
+def soft_clamp(x: Tensor, low: float, high: float) -> Tensor:
+    r"""Smoothly clamps ``x`` to ``[low, high]``, close to the identity in between.
+
+    ``high - softplus(high - (low + softplus(x - low)))``. Unlike a hard clamp, the
+    gradient never vanishes exactly, so a saturated unit can still recover; unlike a
+    scaled tanh, values well inside the interval pass through unchanged. Written as
+    nested softplus rather than a difference of two, which would cancel catastrophically
+    for huge ``x``.
+
+    Example:
+        >>> soft_clamp(torch.tensor([-1e9, 1e9]), -12.0, 8.0)
+        tensor([-12.,   8.])
+    """
+    return high - F.softplus(high - (low + F.softplus(x - low)))
+
+
+class GaussianEncoder(nn.Module):
+    r"""A body followed by linear heads for a Gaussian posterior ``q(z | x)``.
+
+    The covariance is ``diag(scale^2)`` or, with ``covariance="lowrank"``,
+    ``diag(scale^2) + F F^T`` with ``F`` of shape ``[D, rank]`` (a
+    :class:`torch.distributions.LowRankMultivariateNormal`). The network predicts the
+    log-variance, soft-clamped to ``[-12, 8]`` so that ``scale = exp(logvar / 2)`` stays
+    in about ``[0.0025, 55]`` whatever the inputs: products and barycenters of experts
+    divide by variances, and an expert with a vanishing variance would dominate them.
+
+    References:
+        | Auto-Encoding Variational Bayes (Kingma et al., 2014)
+        | https://arxiv.org/abs/1312.6114
+
+    Arguments:
+        body: Maps ``[B, *shape]`` inputs to ``[B, body_features]``.
+        body_features: The body's output width.
+        latent_dim: The latent dimension ``D``.
+        covariance: ``"diag"`` or ``"lowrank"``.
+        rank: The rank of ``F`` when ``covariance="lowrank"``.
+
+    Example:
+        >>> from omnivae.nn import MLP
+        >>> encoder = GaussianEncoder(MLP(784, (), 256, final_activation=True), 256, 20)
+        >>> loc, scale, factor = encoder(torch.rand(8, 1, 28, 28))
+        >>> loc.shape, scale.shape, factor
+        (torch.Size([8, 20]), torch.Size([8, 20]), None)
+    """
+
+    logvar_min: float = -12.0
+    logvar_max: float = 8.0
+
+    def __init__(
+        self,
+        body: nn.Module,
+        body_features: int,
+        latent_dim: int,
+        covariance: Literal["diag", "lowrank"] = "diag",
+        rank: int = 1,
+    ) -> None:
+        super().__init__()
+        if covariance not in COVARIANCES:
+            raise unknown_name("covariance", covariance, COVARIANCES)
+        if rank < 1:
+            raise UserError(f"the low-rank covariance needs rank >= 1, not {rank}")
+        self.body = body
+        self.latent_dim = latent_dim
+        self.covariance = covariance
+        self.rank = rank
+        self.loc = nn.Linear(body_features, latent_dim)
+        self.logvar = nn.Linear(body_features, latent_dim)
+        self.factor = nn.Linear(body_features, latent_dim * rank) if covariance == "lowrank" else None
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        r"""
+        Arguments:
+            x: The inputs, ``[B, *shape]``.
+
+        Returns:
+            ``loc [B, D]``, ``scale [B, D]`` (a standard deviation) and ``cov_factor
+            [B, D, rank]``, or ``None`` for a diagonal covariance.
+        """
+        h = self.body(x)
+        loc = self.loc(h)
+        logvar = soft_clamp(self.logvar(h), self.logvar_min, self.logvar_max)
+        scale = torch.exp(0.5 * logvar)
+        factor = None
+        if self.factor is not None:
+            factor = self.factor(h).unflatten(-1, (self.latent_dim, self.rank))
+        return loc, scale, factor
+
+
+class LikelihoodHead(nn.Module):
+    r"""Base class: wraps raw decoder outputs ``[N, *event_shape]`` into a distribution.
+
+    Subclasses implement :meth:`forward`; the returned distribution has
+    ``batch_shape [N]`` and ``event_shape`` equal to ``event_shape``.
+
+    Arguments:
+        event_shape: The modality's per-sample shape.
+    """
+
+    def __init__(self, event_shape: Sequence[int]) -> None:
+        super().__init__()
+        self.event_shape = tuple(int(s) for s in event_shape)
+
+    def forward(self, raw: Tensor) -> Distribution:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class GaussianHead(LikelihoodHead):
+    r"""A Gaussian likelihood ``N(x | loc, scale^2)`` per feature.
+
+    The scale is fixed, or with ``learn_scale=True`` a learnable per-feature log-scale
+    initialised at ``log(scale)`` and soft-clamped to ``[-7, 5]``. With
+    ``sigmoid_loc=True`` the location is ``sigmoid(raw)``: image data lie in ``[0, 1]``,
+    so the mean, shown as the reconstruction, should too.
+
+    Arguments:
+        event_shape: The modality's per-sample shape.
+        scale: The standard deviation (or its initial value).
+        learn_scale: Whether the per-feature log-scale is a parameter.
+        sigmoid_loc: Whether to squash the location into ``[0, 1]``.
+
+    Example:
+        >>> head = GaussianHead((10,), scale=1.0)
+        >>> head(torch.zeros(4, 10)).log_prob(torch.zeros(4, 10)).shape
+        torch.Size([4])
+    """
+
+    def __init__(
+        self,
+        event_shape: Sequence[int],
+        scale: float = 1.0,
+        learn_scale: bool = False,
+        sigmoid_loc: bool = False,
+    ) -> None:
+        super().__init__(event_shape)
+        if scale <= 0:
+            raise ValueError(f"scale must be positive, not {scale}")
+        self.scale = float(scale)
+        self.sigmoid_loc = sigmoid_loc
+        self.log_scale = (
+            nn.Parameter(torch.full(self.event_shape, math.log(scale))) if learn_scale else None
+        )
+
+    def forward(self, raw: Tensor) -> Distribution:
+        loc = torch.sigmoid(raw) if self.sigmoid_loc else raw
+        if self.log_scale is None:
+            scale: Tensor | float = self.scale
+        else:
+            scale = soft_clamp(self.log_scale, -7.0, 5.0).exp().to(loc.dtype).expand_as(loc)
+        return Independent(Normal(loc, scale, validate_args=False), len(self.event_shape))
+
+
+class LaplaceHead(LikelihoodHead):
+    r"""A Laplace likelihood ``Laplace(x | loc, scale)`` per feature with a fixed scale.
+
+    The default scale 0.75 is the image likelihood of MMVAE and MMVAE+; its heavier
+    tails than a Gaussian's give sharper reconstructions. With ``sigmoid_loc=True`` the
+    location is ``sigmoid(raw)``, since image data lie in ``[0, 1]``.
+
+    References:
+        | Variational Mixture-of-Experts Autoencoders for Multi-Modal Deep Generative
+        | Models (Shi et al., 2019)
+        | https://arxiv.org/abs/1911.03393
+
+    Arguments:
+        event_shape: The modality's per-sample shape.
+        scale: The Laplace scale ``b``.
+        sigmoid_loc: Whether to squash the location into ``[0, 1]``.
+
+    Example:
+        >>> head = LaplaceHead((3, 28, 28), sigmoid_loc=True)
+        >>> head(torch.zeros(4, 3, 28, 28)).mean.unique()
+        tensor([0.5000])
+    """
+
+    def __init__(
+        self, event_shape: Sequence[int], scale: float = 0.75, sigmoid_loc: bool = False
+    ) -> None:
+        super().__init__(event_shape)
+        if scale <= 0:
+            raise ValueError(f"scale must be positive, not {scale}")
+        self.scale = float(scale)
+        self.sigmoid_loc = sigmoid_loc
+
+    def forward(self, raw: Tensor) -> Distribution:
+        loc = torch.sigmoid(raw) if self.sigmoid_loc else raw
+        return Independent(Laplace(loc, self.scale, validate_args=False), len(self.event_shape))
+
+
+class BernoulliHead(LikelihoodHead):
+    r"""A Bernoulli likelihood with logits ``raw``; the mean is ``sigmoid(raw)``.
+
+    Argument validation is off so that targets anywhere in ``[0, 1]`` (grey-level images
+    used as binary) are scored by the cross-entropy rather than rejected.
+
+    Example:
+        >>> head = BernoulliHead((784,))
+        >>> head(torch.zeros(2, 784)).log_prob(torch.full((2, 784), 0.3)).shape
+        torch.Size([2])
+    """
+
+    def forward(self, raw: Tensor) -> Distribution:
+        base = Bernoulli(logits=raw, validate_args=False)
+        return Independent(base, len(self.event_shape), validate_args=False)
+
+
+class CategoricalHead(LikelihoodHead):
+    r"""A one-hot categorical likelihood along the last axis of the event shape.
+
+    For ``event_shape (L, K)`` (say ``L = 8`` characters over ``K = 71`` letters), each of
+    the ``L`` positions is an independent :class:`~torch.distributions.OneHotCategorical`
+    over ``K`` classes with logits ``raw``; the mean is the probabilities, each row
+    summing to one.
+
+    Example:
+        >>> head = CategoricalHead((8, 71))
+        >>> probs = head(torch.randn(2, 8, 71)).mean
+        >>> probs.shape, torch.allclose(probs.sum(-1), torch.ones(2, 8))
+        (torch.Size([2, 8, 71]), True)
+    """
+
+    def __init__(self, event_shape: Sequence[int]) -> None:
+        super().__init__(event_shape)
+        if len(self.event_shape) < 1:
+            raise ValueError("a categorical likelihood needs at least one axis (the classes)")
+
+    def forward(self, raw: Tensor) -> Distribution:
+        base = OneHotCategorical(logits=raw, validate_args=False)
+        return Independent(base, len(self.event_shape) - 1, validate_args=False)
+
+
+class Decoder(nn.Module):
+    r"""A body followed by a likelihood head: ``p(x | z)`` as a distribution.
+
+    Arguments:
+        body: Maps latents ``[N, D]`` to raw outputs ``[N, *event_shape]``.
+        head: Wraps the raw outputs into a distribution.
+
+    Example:
+        >>> from omnivae.nn import ConvDecoder28
+        >>> decoder = Decoder(ConvDecoder28(20, 3), LaplaceHead((3, 28, 28), sigmoid_loc=True))
+        >>> px = decoder(torch.randn(8, 20))
+        >>> px.batch_shape, px.event_shape
+        (torch.Size([8]), torch.Size([3, 28, 28]))
+    """
+
+    def __init__(self, body: nn.Module, head: LikelihoodHead) -> None:
+        super().__init__()
+        self.body = body
+        self.head = head
+
+    @property
+    def event_shape(self) -> tuple[int, ...]:
+        return self.head.event_shape
+
+    def forward(self, z: Tensor) -> Distribution:
+        r"""
+        Arguments:
+            z: Latents ``[N, D]``; callers fold any extra leading dimensions into ``N``.
+
+        Returns:
+            The likelihood with ``batch_shape [N]`` and ``event_shape`` the modality's shape.
+        """
+        return self.head(self.body(z))

@@ -1,0 +1,356 @@
+"""The training loop: Adam, seeds, devices, progress, history, checkpoints and exact resume.
+
+The trainer knows models only through ``objective(model, x, mask, kl_weight)``; schedules
+(beta warm-up) are functions of progress that it evaluates each step. Checkpoints hold
+everything needed to continue bit-for-bit: parameters, Adam moments, the global random
+state and the data order's generator state at the start of the epoch.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from omnivae import __version__
+from omnivae.data.base import MultimodalDataset
+from omnivae.errors import RunDirError, UserError
+from omnivae.models import MultimodalVAE
+from omnivae.objectives import Objective
+from omnivae.train.checkpoint import (
+    FORMAT,
+    atomic_save_tensors,
+    atomic_write_json,
+    flatten_optimizer,
+    load_tensors,
+    read_json,
+    unflatten_optimizer,
+)
+from omnivae.train.schedules import LinearWarmup
+
+__all__ = ["TrainConfig", "Trainer", "resolve_device", "hide_modalities", "TrainingInterrupted"]
+
+
+class TrainingInterrupted(Exception):
+    """Raised after SIGINT/SIGTERM once the checkpoint of the interrupted step is on disk."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings; stored in the run's ``config.json``."""
+
+    epochs: int = 10
+    batch_size: int = 256
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    warmup_epochs: float = 0.0
+    missing_rate: float = 0.0
+    progress: bool = True
+
+    def validate(self, num_samples: int | None = None) -> None:
+        if self.epochs < 0:
+            raise UserError(f"--epochs must be >= 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if num_samples is not None and self.batch_size > num_samples:
+            raise UserError(
+                f"--batch-size {self.batch_size} is larger than the {num_samples} training samples; "
+                f"use at most {num_samples}"
+            )
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"--lr must be a positive number, got {self.lr}")
+        if not 0.0 <= self.missing_rate < 1.0:
+            raise UserError(f"--missing-rate must be in [0, 1), got {self.missing_rate}")
+        if self.warmup_epochs < 0:
+            raise UserError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in obj.items() if k in known})
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available; asking for an absent device is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are present")
+    elif device.type != "cpu":
+        raise UserError(f"unsupported device {name!r}; use auto, cpu or cuda")
+    return device
+
+
+def hide_modalities(mask: Tensor, rate: float) -> Tensor:
+    """Hide each observed modality with probability ``rate``, keeping one per row.
+
+    A row whose draws would hide everything keeps one of its observed modalities, chosen
+    uniformly, so every row stays encodable. ``mask`` is ``[M, B]``.
+    """
+    if rate <= 0:
+        return mask
+    keep = mask & (torch.rand(mask.shape, device=mask.device) >= rate)
+    scores = torch.rand(mask.shape, device=mask.device).masked_fill(~mask, -1.0)
+    rescue = torch.zeros_like(mask).scatter_(0, scores.argmax(0, keepdim=True), True) & mask
+    return torch.where(keep.any(0, keepdim=True), keep, rescue)
+
+
+class Trainer:
+    """Fits a model with an objective on an in-memory dataset, writing a run directory.
+
+    Args:
+        model: The model to train (moved to the configured device).
+        objective: Its objective.
+        train_data: Training split.
+        config: Optimisation settings.
+        run_dir: Where checkpoints and history go; ``None`` trains without writing.
+        test_data: Optional split whose loss is reported after every epoch.
+        run_config: The JSON written as ``config.json`` (model, dataset, training).
+    """
+
+    def __init__(
+        self,
+        model: MultimodalVAE,
+        objective: Objective,
+        train_data: MultimodalDataset,
+        config: TrainConfig,
+        run_dir: Path | None = None,
+        test_data: MultimodalDataset | None = None,
+        run_config: dict | None = None,
+    ) -> None:
+        config.validate(len(train_data))
+        self.config = config
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.model = model.to(self.device)
+        self.objective = objective
+        self.train_data = train_data.to(self.device)
+        self.test_data = None if test_data is None else test_data.to(self.device)
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.run_config = run_config or {}
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.schedules: dict[str, Callable[[int, int], float]] = {
+            "kl_weight": LinearWarmup(config.warmup_epochs)
+        }
+        self.data_generator = torch.Generator().manual_seed(config.seed)
+        self.epoch = 0
+        self.step_in_epoch = 0
+        self.global_step = 0
+        self.epoch_start_data_state = self.data_generator.get_state()
+        self.history: list[dict] = []
+        self._stop_signal: int | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.train_data.num_batches(self.config.batch_size)
+
+    # -- the loop ------------------------------------------------------------------------
+    def train_step(self, x: dict[str, Tensor], mask: Tensor) -> dict[str, Tensor]:
+        """One optimisation step; returns detached terms (no host synchronisation)."""
+        kl_weight = self.schedules["kl_weight"](self.global_step, self.steps_per_epoch)
+        out = self.objective(self.model, x, mask, kl_weight)
+        self.optimizer.zero_grad(set_to_none=True)
+        out.loss.backward()
+        self.optimizer.step()
+        terms = {"loss": out.loss.detach()}
+        terms.update({k: v.detach() for k, v in out.terms.items()})
+        return terms
+
+    def fit(self) -> list[dict]:
+        """Train until ``config.epochs``; resumes from the loaded state if any."""
+        if self.run_dir is not None:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.run_dir / "config.json", self.full_config())
+        with self._catch_signals():
+            while self.epoch < self.config.epochs:
+                self._run_epoch()
+        if self.run_dir is not None:
+            self.save()
+        return self.history
+
+    def _run_epoch(self) -> None:
+        config = self.config
+        if self.step_in_epoch == 0:
+            self.epoch_start_data_state = self.data_generator.get_state()
+        else:
+            self.data_generator.set_state(self.epoch_start_data_state)
+        batches = self.train_data.batches(
+            config.batch_size, shuffle=True, generator=self.data_generator, start=self.step_in_epoch
+        )
+        totals: dict[str, Tensor] = {}
+        steps = 0
+        started = time.perf_counter()
+        bar = tqdm(
+            total=self.steps_per_epoch,
+            initial=self.step_in_epoch,
+            desc=f"epoch {self.epoch + 1}/{config.epochs}",
+            disable=not config.progress,
+            leave=False,
+            dynamic_ncols=True,
+        )
+        self.model.train()
+        for batch in batches:
+            mask = hide_modalities(self.model.stack_mask(batch.x, batch.mask), config.missing_rate)
+            terms = self.train_step(batch.x, mask)
+            for key, value in terms.items():
+                totals[key] = totals.get(key, 0.0) + value
+            steps += 1
+            self.step_in_epoch += 1
+            self.global_step += 1
+            bar.update(1)
+            if config.progress and (steps % 10 == 0 or self.step_in_epoch == self.steps_per_epoch):
+                bar.set_postfix({k: f"{(v / steps).item():.4g}" for k, v in totals.items()}, refresh=False)
+            if self._stop_signal is not None:
+                bar.close()
+                self._interrupt()
+        bar.close()
+        seconds = time.perf_counter() - started
+        record = {"epoch": self.epoch + 1, "step": self.global_step}
+        record.update({f"train_{k}": float(v / max(steps, 1)) for k, v in totals.items()})
+        if not all(math.isfinite(v) for k, v in record.items() if k.startswith("train_")):
+            raise FloatingPointError(
+                f"the training loss became NaN or infinite in epoch {self.epoch + 1}; "
+                "lower --lr or check the data"
+            )
+        if self.test_data is not None:
+            record.update({f"test_{k}": v for k, v in self.evaluate_loss(self.test_data).items()})
+        record["seconds"] = seconds
+        record["samples_per_second"] = steps * config.batch_size / max(seconds, 1e-9)
+        self.history.append(record)
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.epoch_start_data_state = self.data_generator.get_state()
+        if config.progress:
+            shown = {k: v for k, v in record.items() if k in ("train_loss", "test_loss")}
+            tqdm.write(
+                f"epoch {record['epoch']}/{config.epochs}  "
+                + "  ".join(f"{k} {v:.4g}" for k, v in shown.items())
+                + f"  ({seconds:.1f} s)"
+            )
+        if self.run_dir is not None:
+            self.save()
+
+    @torch.no_grad()
+    def evaluate_loss(self, data: MultimodalDataset, batch_size: int | None = None) -> dict[str, float]:
+        """The objective's mean loss and terms on ``data`` (no gradient, model in eval mode)."""
+        self.model.eval()
+        totals: dict[str, Tensor] = {}
+        count = 0
+        for batch in data.batches(batch_size or self.config.batch_size):
+            mask = self.model.stack_mask(batch.x, batch.mask)
+            out = self.objective(self.model, batch.x, mask, 1.0)
+            n = len(batch)
+            totals["loss"] = totals.get("loss", 0.0) + out.loss * n
+            for key, value in out.terms.items():
+                totals[key] = totals.get(key, 0.0) + value * n
+            count += n
+        self.model.train()
+        return {k: float(v / count) for k, v in totals.items()}
+
+    # -- signals -------------------------------------------------------------------------
+    @contextmanager
+    def _catch_signals(self):
+        """SIGINT/SIGTERM finish the current step, write a checkpoint, then stop."""
+
+        def handler(signum, frame):
+            if self._stop_signal is not None:  # a second signal stops at once
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+
+        previous = {}
+        try:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            previous = {}
+        try:
+            yield
+        finally:
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+    def _interrupt(self) -> None:
+        if self.run_dir is not None:
+            self.save()
+        raise TrainingInterrupted(
+            f"training stopped at epoch {self.epoch + 1}, step {self.step_in_epoch}"
+            + (f"; resume with: omnivae train --resume {self.run_dir}" if self.run_dir else "")
+        )
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def full_config(self) -> dict:
+        return {
+            "format": FORMAT,
+            "omnivae_version": __version__,
+            **self.run_config,
+            "train": self.config.to_json(),
+        }
+
+    def save(self) -> None:
+        """Write parameters, optimizer and random states and progress, each file atomically."""
+        assert self.run_dir is not None
+        model_sha = atomic_save_tensors(
+            self.run_dir / "model.safetensors",
+            dict(self.model.state_dict()),
+            metadata={"format": FORMAT, "omnivae_version": __version__},
+        )
+        optimizer_tensors, optimizer_meta = flatten_optimizer(self.optimizer)
+        state_tensors = dict(optimizer_tensors)
+        state_tensors["rng/torch"] = torch.get_rng_state()
+        state_tensors["rng/data_epoch_start"] = self.epoch_start_data_state
+        if self.device.type == "cuda":
+            state_tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
+        state_sha = atomic_save_tensors(self.run_dir / "state.safetensors", state_tensors)
+        progress = {
+            "format": FORMAT,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "finished": self.epoch >= self.config.epochs,
+            "optimizer": optimizer_meta,
+            "sha256": {"model.safetensors": model_sha, "state.safetensors": state_sha},
+        }
+        atomic_write_json(self.run_dir / "state.json", progress)
+        atomic_write_json(self.run_dir / "metrics.json", {"history": self.history})
+
+    def load(self, run_dir: Path) -> None:
+        """Restore a checkpoint written by :meth:`save` (exact resume)."""
+        run_dir = Path(run_dir)
+        progress = read_json(run_dir / "state.json", "the training progress")
+        checksums = progress.get("sha256", {})
+        params = load_tensors(run_dir / "model.safetensors", checksums.get("model.safetensors"))
+        try:
+            self.model.load_state_dict({k: v.to(self.device) for k, v in params.items()})
+        except RuntimeError as err:
+            raise RunDirError(f"{run_dir}: the checkpoint does not fit this model ({str(err).splitlines()[0]})") from None
+        state = load_tensors(run_dir / "state.safetensors", checksums.get("state.safetensors"))
+        self.optimizer.load_state_dict(unflatten_optimizer(state, progress["optimizer"]))
+        torch.set_rng_state(state["rng/torch"])
+        if "rng/cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng/cuda"], self.device)
+        self.epoch_start_data_state = state["rng/data_epoch_start"]
+        self.data_generator.set_state(self.epoch_start_data_state)
+        self.epoch = int(progress["epoch"])
+        self.step_in_epoch = int(progress["step_in_epoch"])
+        self.global_step = int(progress["global_step"])
+        metrics = read_json(run_dir / "metrics.json", "the training history")
+        self.history = list(metrics.get("history", []))
