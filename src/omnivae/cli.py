@@ -18,14 +18,22 @@ import numpy as np
 import torch
 
 from omnivae import __version__
-from omnivae.errors import DataError, UserError
+from omnivae.errors import DataError, RunDirError, UserError
 
 DEFAULT_MODEL = "mwb"
 DEFAULT_DATASET = "polymnist"
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line and exit status 2."""
+    """argparse that reports a usage error as one line and exit status 2.
+
+    Abbreviated flags are refused, so scripts do not change meaning when a new flag
+    shares a prefix with an old one.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UserError(f"{message} (see '{self.prog} --help')")
@@ -116,7 +124,27 @@ def _load_config_file(path: str | None) -> dict:
         raise UserError(f"--config {path} is not valid JSON ({err})") from None
     if not isinstance(obj, dict):
         raise UserError(f"--config {path} must hold a JSON object of option names to values")
-    return {k.replace("-", "_"): v for k, v in obj.items()}
+    options = {k.replace("-", "_"): v for k, v in obj.items()}
+    for key, value in options.items():
+        _check_config_value(path, key, value)
+    return options
+
+
+def _check_config_value(path: str, key: str, value: object) -> None:
+    """A --config value must have the type its flag would give; JSON does not ensure it."""
+    from omnivae.configs import type_problem
+    from omnivae.models import ModelConfig
+    from omnivae.train import TrainConfig
+
+    defaults = {**ModelConfig().to_json(), **TrainConfig().to_json(), "no_progress": False}
+    defaults.update(dataset="", data_dir="", out="", resume="")
+    if key not in defaults:
+        return  # unknown options are reported together, later
+    if key == "hidden" and isinstance(value, str):
+        return  # "512,512" as on the command line
+    wanted = type_problem(value, defaults[key])
+    if wanted is not None:
+        raise UserError(f"--config {path}: {key!r} must be {wanted}, got {json.dumps(value)}")
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -142,13 +170,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     resume = options.pop("resume", None)
     if resume is not None:
         saved = check_run_dir(Path(resume))
-        model_config = ModelConfig.from_json(saved["model"])
-        train_config = TrainConfig.from_json(saved["train"])
+        fixed = sorted(set(options) - {"epochs", "device", "no_progress", "data_dir"})
+        if fixed:
+            flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
+            raise UserError(
+                f"--resume continues a run with its own settings; {flags} cannot change them "
+                "(only --epochs, --device, --data-dir and --no-progress can); start a new run instead"
+            )
+        try:
+            model_config = ModelConfig.from_json(saved["model"])
+            train_config = TrainConfig.from_json(saved["train"])
+            dataset_name = saved["dataset"]["name"]
+        except (KeyError, TypeError, AttributeError) as err:
+            raise RunDirError(f"{resume}/config.json lacks a required entry or holds a malformed one ({err!r})") from None
         if "epochs" in options:
             train_config.epochs = int(options["epochs"])
+        if "device" in options:  # a run may continue elsewhere, e.g. on a machine without a GPU
+            train_config.device = options["device"]
         if options.get("no_progress"):
             train_config.progress = False
-        dataset_name = saved["dataset"]["name"]
         data_dir = options.get("data_dir")
         run_dir = Path(resume)
     else:
@@ -197,7 +237,7 @@ def _print_summary(trainer, run_dir: Path) -> None:
 
 # -- impute --------------------------------------------------------------------------------
 def cmd_impute(args: argparse.Namespace) -> int:
-    from omnivae.data import load_npz_array
+    from omnivae.data.arrays import dataset_from_arrays, read_npz
     from omnivae.train import load_run, resolve_device
     from omnivae.train.checkpoint import atomic_write_bytes
 
@@ -208,7 +248,8 @@ def cmd_impute(args: argparse.Namespace) -> int:
         raise UserError(f"--output {output}: the folder {output.parent} does not exist")
     device = resolve_device(args.device)
     run = load_run(args.run, device=device)
-    data = load_npz_array(args.input)
+    raw = read_npz(args.input)
+    data = dataset_from_arrays(raw, name=Path(args.input).stem, source=str(args.input))
     expected = {m.name: m for m in run.modalities}
     unknown = [m.name for m in data.modalities if m.name not in expected]
     if unknown:
@@ -216,6 +257,11 @@ def cmd_impute(args: argparse.Namespace) -> int:
             f"{args.input}: modalities {unknown} are not in the run (it has {list(expected)}); rename or drop them"
         )
     for spec in data.modalities:
+        if spec.kind != expected[spec.name].kind:
+            raise DataError(
+                f"{args.input}: modality {spec.name!r} reads as {spec.kind} data (from its dtype), the run "
+                f"expects {expected[spec.name].kind}; store images as uint8, binary data as bool, vectors as floats"
+            )
         if tuple(spec.shape) != tuple(expected[spec.name].shape):
             raise DataError(
                 f"{args.input}: modality {spec.name!r} has per-sample shape {tuple(spec.shape)}, "
@@ -242,6 +288,13 @@ def cmd_impute(args: argparse.Namespace) -> int:
         else:
             arrays[name] = values.numpy()
         observed = data.masks[name].numpy() if name in present else np.zeros(n, dtype=bool)
+        if name in present:
+            # Give back the input's shape (a 1-D array is read as (N, 1)) and float dtype,
+            # and its observed values exactly as given (float64 must not pass through float32).
+            source = raw[name]
+            dtype = source.dtype if source.dtype.kind == "f" else arrays[name].dtype
+            arrays[name] = arrays[name].reshape(source.shape).astype(dtype)
+            arrays[name][observed] = source[observed]
         arrays[f"mask_{name}"] = observed
     if data.labels is not None:
         arrays["labels"] = data.labels.numpy()

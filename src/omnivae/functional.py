@@ -72,14 +72,17 @@ def poe(
         >>> var[0, 0].item()
         0.5
     """
-    precision = var.reciprocal()
     m = _expand_mask(mask, mu)
     if m is not None:
+        # Replace masked experts before any arithmetic, not only after it: a where placed
+        # after 1/var still back-propagates 0 * inf = NaN into an expert whose var is ~0.
         zero = torch.zeros((), dtype=mu.dtype, device=mu.device)
-        precision = torch.where(m, precision, zero)
-        weighted_mu = torch.where(m, mu * precision, zero)
+        mu = torch.where(m, mu, zero)
+        var = torch.where(m, var, torch.ones((), dtype=var.dtype, device=var.device))
+        precision = torch.where(m, var.reciprocal(), zero)
     else:
-        weighted_mu = mu * precision
+        precision = var.reciprocal()
+    weighted_mu = mu * precision
     total_precision = precision.sum(0)
     total_eta = weighted_mu.sum(0)
     if prior_expert:
@@ -226,6 +229,9 @@ def bures_wasserstein_barycenter(
     """
     dim = means.shape[-1]
     w = normalize_weights(weights, mask, means.shape[:-1], means.dtype, means.device)
+    if mask is not None:
+        # A zero weight does not remove a NaN or infinite mean (0 * inf = NaN).
+        means = torch.where(mask.unsqueeze(-1), means, torch.zeros((), dtype=means.dtype, device=means.device))
     mean = (w.unsqueeze(-1) * means).sum(0)
     identity = torch.eye(dim, dtype=covs.dtype, device=covs.device)
     if mask is not None:

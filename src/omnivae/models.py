@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
+from omnivae.configs import check_field_types
 from omnivae.aggregators import AGGREGATORS, Aggregator, build_aggregator
 from omnivae.data.base import ModalitySpec
 from omnivae.distributions import GaussianExperts, SubsetMixture
@@ -233,6 +234,7 @@ class ModelConfig:
     prior: str = "normal"
 
     def validate(self) -> None:
+        check_field_types(self)
         if self.model not in MODELS:
             raise unknown_name("model", self.model, list(MODELS))
         if self.aggregator is not None and self.aggregator not in AGGREGATORS:

@@ -206,13 +206,14 @@ class StratifiedIWAE(Objective):
         valid = torch.isfinite(log_weights)  # [C, B]
         zero = torch.zeros((), dtype=log_w.dtype, device=log_w.device)
         log_w = torch.where(valid.unsqueeze(1), log_w, zero)
+        per_component = log_mean_exp(log_w, dim=1)
         if self.dreg:
             normalised = torch.softmax(log_w, dim=1).detach()
             if z.requires_grad:
                 z.register_hook(lambda grad: grad * normalised.unsqueeze(-1))
-            per_component = (normalised * log_w).sum(1)
-        else:
-            per_component = log_mean_exp(log_w, dim=1)
+            surrogate = (normalised * log_w).sum(1)
+            # The value stays the bound (comparable with plain IWAE); only the gradient is DReG's.
+            per_component = per_component.detach() + (surrogate - surrogate.detach())
         count = valid.sum(0).clamp_min(1)
         bound = torch.where(valid, per_component, zero).sum(0) / count
         terms = {"rec": -rec.mean(), "kl": (log_q - log_p).mean()}

@@ -89,9 +89,14 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
         train_config = TrainConfig.from_json(config["train"])
         modalities = tuple(ModalitySpec.from_json(m) for m in config["dataset"]["modalities"])
         dataset_name = str(config["dataset"]["name"])
-    except (KeyError, TypeError) as err:
-        raise RunDirError(f"{path}/config.json lacks a required entry ({err})") from None
-    model, objective = build_model(model_config, modalities)
+        train_config.validate()
+        model, objective = build_model(model_config, modalities)
+    except RunDirError:
+        raise
+    except UserError as err:
+        raise RunDirError(f"{path}/config.json does not describe a valid run: {err}") from None
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        raise RunDirError(f"{path}/config.json lacks a required entry or holds a malformed one ({err!r})") from None
     progress = read_json(path / "state.json", "the training progress")
     params = load_tensors(path / "model.safetensors", progress.get("sha256", {}).get("model.safetensors"))
     try:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from omnivae import __version__
 from omnivae.data.base import MultimodalDataset
 from omnivae.errors import RunDirError, UserError
+from omnivae.configs import check_field_types
 from omnivae.models import MultimodalVAE
 from omnivae.objectives import Objective
 from omnivae.train.checkpoint import (
@@ -57,6 +58,7 @@ class TrainConfig:
     progress: bool = True
 
     def validate(self, num_samples: int | None = None) -> None:
+        check_field_types(self)
         if self.epochs < 0:
             raise UserError(f"--epochs must be >= 0, got {self.epochs}")
         if self.batch_size < 1:
