@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from torch import Tensor
 
@@ -101,17 +100,3 @@ def write_tiny_npz(path: Path, n: int = 40, seed: int = 0, **extra: np.ndarray) 
     arrays.update(extra)
     np.savez(path, **arrays)
     return path
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Run a test module with one intra-op thread, then restore the previous count.
-
-    The networks here are tiny, so a second thread buys nothing; on a busy two-core
-    machine it only spins, and steps ran ten times slower with two threads than with one.
-    Results do not depend on the count. Import this fixture into a test module to use it.
-    """
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

@@ -17,7 +17,6 @@ from omnivae.distributions import GaussianExperts, SubsetMixture
 from omnivae.errors import UserError
 from omnivae.functional import subset_matrix
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 # Aggregators that accept experts with a low-rank covariance factor (W2 barycenters, and
 # MoE, whose components are single experts).

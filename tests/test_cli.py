@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import NAMES, one_thread, tiny_arrays, write_tiny_npz  # noqa: F401 (one_thread: autouse)
+from helpers import NAMES, tiny_arrays, write_tiny_npz
 from omnivae.aggregators import AGGREGATORS
 from omnivae.cli import main
 from omnivae.data import DATASETS, load_npz_array

@@ -15,7 +15,6 @@ from omnivae import functional as F
 
 DTYPES = [torch.float32, torch.float64]
 
-pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def generator(seed: int) -> torch.Generator:

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Independent, MultivariateNormal, Normal
 
-from helpers import MODALITIES, one_thread, tiny_batch, tiny_config  # noqa: F401 (one_thread: autouse)
+from helpers import MODALITIES, tiny_batch, tiny_config
 from omnivae.aggregators import build_aggregator
 from omnivae.data.base import ModalitySpec
 from omnivae.errors import UserError

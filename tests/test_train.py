@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import NAMES, one_thread, tiny_batch, tiny_config, tiny_splits  # noqa: F401 (one_thread: autouse)
+from helpers import NAMES, tiny_batch, tiny_config, tiny_splits
 from omnivae.errors import RunDirError, UserError
 from omnivae.models import build_model
 from omnivae.train import (

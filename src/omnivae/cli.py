@@ -89,12 +89,100 @@ def _add_impute(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=cmd_impute)
 
 
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="compute metrics of a run: eval.json, report.md, figures/",
+        description="Evaluate a run with the papers' metrics and write eval.json, report.md and figures/.",
+    )
+    p.add_argument("run", help="run directory written by 'omnivae train'")
+    p.add_argument("--metrics", help="comma-separated: coherence,probe,likelihood,fd,recon (default all)")
+    _add_eval_options(p)
+    p.set_defaults(handler=cmd_evaluate)
+
+
+def _add_eval_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--num-importance-samples", type=int, default=1000, metavar="K",
+                   help="importance samples per test example for log-likelihoods (default 1000)")
+    p.add_argument("--eval-batch-size", type=int, default=256, help="batch size of the metrics (default 256)")
+    p.add_argument("--num-train", type=int, help="training examples for the linear probe (default all)")
+    p.add_argument("--classifier-epochs", type=int, default=5, help="epochs of the coherence classifiers (default 5)")
+    p.add_argument("--inception", help="your own Inception feature network (TorchScript or safetensors) for Frechet distances")
+    p.add_argument("--no-figures", action="store_true", help="skip the figures")
+    if not any(a.dest == "device" for a in p._actions):
+        p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    if not any(a.dest == "data_dir" for a in p._actions):
+        p.add_argument("--data-dir", help="folder with the dataset's real files, where it needs them")
+
+
+def _eval_options(args: argparse.Namespace, metrics: str | None):  # -> EvalOptions
+    from omnivae.evaluate import EvalOptions, parse_metrics
+
+    return EvalOptions(
+        metrics=parse_metrics(metrics),
+        batch_size=args.eval_batch_size,
+        num_importance_samples=args.num_importance_samples,
+        num_train=args.num_train,
+        classifier_epochs=args.classifier_epochs,
+        device=args.device or "auto",
+        data_dir=args.data_dir,
+        inception=args.inception,
+        figures=not args.no_figures,
+        progress=not getattr(args, "no_progress", False),
+    )
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "sample",
+        help="draw samples of every modality given some modalities, as an image grid",
+        description="Conditional (or, with no --given, unconditional) samples of a run as a PNG grid.",
+    )
+    p.add_argument("run", help="run directory written by 'omnivae train'")
+    p.add_argument("--given", help="comma-separated modalities to condition on (default: none, sample the prior)")
+    p.add_argument("--n", type=int, default=8, help="number of test examples / samples (default 8)")
+    p.add_argument("--out", default="samples.png", help="PNG file to write (default samples.png)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir", help="folder with the dataset's real files, where it needs them")
+    p.set_defaults(handler=cmd_sample)
+
+
+def _add_benchmark(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "benchmark",
+        help="train and evaluate models x seeds, resumably, and tabulate",
+        description="Train and evaluate every model x seed into OUT (resuming what is unfinished) "
+        "and write results.md, results.csv and figures/.",
+    )
+    p.add_argument("--models", default="poe,moe,mopoe,wb,mwb", help="comma-separated model names")
+    p.add_argument("--dataset", default=DEFAULT_DATASET)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--out", required=True, help="benchmark folder")
+    p.add_argument("--metrics", help="comma-separated: coherence,probe,likelihood,fd,recon (default all)")
+    p.add_argument("--latent-dim", type=int)
+    p.add_argument("--beta", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--backbone")
+    p.add_argument("--hidden")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir")
+    p.add_argument("--no-progress", action="store_true")
+    _add_eval_options(p)
+    p.set_defaults(handler=cmd_benchmark)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="omnivae", description="Multimodal variational autoencoders.")
     parser.add_argument("--version", action="version", version=f"omnivae {__version__}")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
     _add_train(sub)
     _add_impute(sub)
+    _add_evaluate(sub)
+    _add_sample(sub)
+    _add_benchmark(sub)
     models = sub.add_parser("models", help="list the registered models and aggregators")
     models.set_defaults(handler=cmd_models)
     datasets = sub.add_parser("datasets", help="list the datasets")
@@ -154,11 +242,16 @@ def _options(args: argparse.Namespace) -> dict:
         if value is not None and key not in ("config", "handler", "command"):
             options[key] = value
     if isinstance(options.get("hidden"), str):
-        try:
-            options["hidden"] = [int(v) for v in options["hidden"].split(",") if v.strip()]
-        except ValueError:
-            raise UserError(f"--hidden must be comma-separated integers, got {options['hidden']!r}") from None
+        options["hidden"] = _parse_hidden(options["hidden"])
     return options
+
+
+def _parse_hidden(text: str) -> list[int]:
+    """``"512,512"`` -> ``[512, 512]``."""
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"--hidden must be comma-separated integers, got {text!r}") from None
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -310,6 +403,72 @@ def cmd_impute(args: argparse.Namespace) -> int:
         + f") in {n} samples; wrote {output} (mask_<name> arrays mark the observed values)"
     )
     return 0
+
+
+# -- evaluate, sample, benchmark -----------------------------------------------------------
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from omnivae.evaluate import evaluate_run
+    from omnivae.train import check_run_dir
+
+    check_run_dir(Path(args.run))
+    results = evaluate_run(args.run, _eval_options(args, args.metrics))
+    from omnivae.benchmark import summarise_run
+
+    for metric, value in summarise_run(results).items():
+        print(f"  {metric:28} {value:.4g}")
+    print(f"wrote {Path(args.run) / 'eval.json'}, {Path(args.run) / 'report.md'} and {Path(args.run) / 'figures'}/")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from omnivae.data import load_dataset
+    from omnivae.evaluate import draw_samples
+    from omnivae.report import sample_grid
+    from omnivae.train import load_run, resolve_device
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise UserError(f"--out {out} must end in .png")
+    if not out.parent.exists():
+        raise UserError(f"--out {out}: the folder {out.parent} does not exist")
+    if args.n < 1:
+        raise UserError(f"--n must be >= 1, got {args.n}")
+    run = load_run(args.run, device=resolve_device(args.device))
+    given = [g.strip() for g in (args.given or "").split(",") if g.strip()]
+    unknown = [g for g in given if g not in run.model.names]
+    if unknown:
+        raise UserError(f"--given {','.join(unknown)}: not a modality of this run; it has {', '.join(run.model.names)}")
+    if given:
+        data = load_dataset(run.dataset_name, data_dir=args.data_dir)
+        inputs, generated = draw_samples(run, data.test, given, args.n, args.seed)
+        title = f"given {'+'.join(given)}"
+    else:
+        torch.manual_seed(args.seed)
+        inputs, generated = {}, {k: v.cpu() for k, v in run.model.generate(args.n).items()}
+        title = "unconditional samples from the prior"
+    sample_grid(inputs, generated, run.modalities, out, title=title)
+    print(f"wrote {out}: {args.n} rows, {title}")
+    return 0
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from omnivae.benchmark import run_benchmark
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    model_options = {}
+    for key in ("latent_dim", "beta", "backbone"):
+        if getattr(args, key) is not None:
+            model_options[key] = getattr(args, key)
+    if args.hidden is not None:
+        model_options["hidden"] = _parse_hidden(args.hidden)
+    train_options = {"epochs": args.epochs, "device": args.device, "progress": not args.no_progress}
+    for key in ("batch_size", "lr"):
+        if getattr(args, key) is not None:
+            train_options[key] = getattr(args, key)
+    summary = run_benchmark(models, args.dataset, args.seeds, Path(args.out), model_options, train_options,
+                            _eval_options(args, args.metrics), data_dir=args.data_dir)
+    print((Path(args.out) / "results.md").read_text())
+    return 0 if summary else 2
 
 
 # -- listings ------------------------------------------------------------------------------

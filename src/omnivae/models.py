@@ -134,6 +134,27 @@ class MultimodalVAE(nn.Module):
             raise DataError("every row needs at least one observed modality to encode")
         return self.aggregator.infer(self.encode_experts(x, mask_tensor), mask_tensor)
 
+    def subset_posteriors(
+        self, x: dict[str, Tensor], subsets: Tensor, mask: dict[str, Tensor] | Tensor | None = None
+    ) -> Distribution:
+        """Inference posteriors for many subsets at once, from one encoder pass.
+
+        Args:
+            x: ``name -> [B, *shape]``.
+            subsets: ``BoolTensor[S, M]``, e.g. :func:`omnivae.functional.subset_matrix`.
+            mask: What is observed in ``x`` (default: everything present); each subset is
+                intersected with it.
+
+        Returns:
+            A distribution with batch shape ``[S, B]``: row s conditions on subset s.
+        """
+        observed = self.stack_mask(x, mask)
+        experts = self.encode_experts(x, observed)
+        masks = subsets.t().unsqueeze(-1).to(observed.device) & observed.unsqueeze(1)  # [M, S, B]
+        if not bool(masks.any(0).all()):
+            raise DataError("a subset has no observed modality in some row; every posterior needs one")
+        return self.aggregator.infer(experts.expand_samples(torch.Size([subsets.shape[0]])), masks)
+
     # -- generation ----------------------------------------------------------------------
     def decode(self, z: Tensor, names: Sequence[str] | None = None) -> dict[str, Distribution]:
         """Likelihoods p(x_m | z) for ``z [N, D]`` (fold extra leading axes into N first)."""

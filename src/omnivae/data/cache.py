@@ -12,16 +12,16 @@ bytes, and hence the same checksum, on every build.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
+
+from omnivae.fileio import atomic_write, sha256_file
 
 __all__ = [
     "cache_dir",
@@ -56,31 +56,6 @@ def sidecar_path(path: str | os.PathLike[str]) -> Path:
     return path.with_name(path.name + _SIDECAR_SUFFIX)
 
 
-def sha256_file(path: str | os.PathLike[str], chunk_size: int = 1 << 22) -> str:
-    """The hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        # mkstemp makes the file private; a cache is ordinary shared data.
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
     # np.savez stamps each member with the current time; fixed headers keep the bytes stable.
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
@@ -105,10 +80,10 @@ def write_npz_atomic(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarr
         The SHA-256 of the written file, as also stored in the sidecar.
     """
     path = Path(path)
-    _atomic_write(path, lambda tmp: _write_npz(tmp, arrays))
+    atomic_write(path, lambda tmp: _write_npz(tmp, arrays))
     checksum = sha256_file(path)
     record = {"file": path.name, "size": path.stat().st_size, "sha256": checksum}
-    _atomic_write(
+    atomic_write(
         sidecar_path(path),
         lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"),
     )

@@ -1,0 +1,182 @@
+"""`omnivae evaluate`, `sample` and `benchmark` from the command line, on tiny settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers import tiny_arrays, write_tiny_npz
+from omnivae.cli import main
+from omnivae.evaluate import METRICS
+
+TINY = ["--backbone", "mlp", "--hidden", "16", "--latent-dim", "4", "--batch-size", "16", "--no-progress",
+        "--device", "cpu"]
+EVAL = ["--num-importance-samples", "3", "--classifier-epochs", "1", "--eval-batch-size", "32", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMNIVAE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def npz(tmp_path) -> Path:
+    return write_tiny_npz(tmp_path / "data.npz", n=60)
+
+
+@pytest.fixture
+def run(npz, tmp_path, capsys) -> Path:
+    out = tmp_path / "run"
+    assert main(["train", "--model", "mwb", "--dataset", f"npz:{npz}", "--epochs", "1", *TINY, "--out", str(out)]) == 0
+    capsys.readouterr()
+    return out
+
+
+def one_error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("omnivae: error:"), captured.err
+    return lines[0]
+
+
+def test_evaluate_writes_every_metric_report_and_figures(run, capsys):
+    assert main(["evaluate", str(run), *EVAL]) == 0
+    printed = capsys.readouterr().out
+    assert "eval.json" in printed
+    results = json.loads((run / "eval.json").read_text())
+    assert set(METRICS) <= set(results)
+    names = ["img", "vec", "bits"]
+    # Coherence: every non-empty subset but the full one, towards every modality outside it.
+    assert len(results["coherence"]["per_subset"]) == 2 ** len(names) - 2
+    assert set(results["coherence"]["per_subset"]["img"]) == {"vec", "bits"}
+    assert set(results["coherence"]["by_size"]) == {"1", "2"}
+    assert 0.0 <= results["coherence"]["joint"] <= 1.0
+    # Probe: every non-empty subset, averaged by size.
+    assert len(results["probe"]["per_subset"]) == 2 ** len(names) - 1
+    assert all(0.0 <= v <= 1.0 for v in results["probe"]["per_subset"].values())
+    assert np.isfinite(results["likelihood"]["joint"]) and results["likelihood"]["num_samples"] == 3
+    assert set(results["recon"]["self"]) == set(names)
+    report = (run / "report.md").read_text()
+    for section in ("Coherence", "Latent linear probe", "Log-likelihoods", "Frechet", "Reconstruction"):
+        assert section in report
+    for figure in results["figures"]:
+        assert (run / figure).stat().st_size > 1000, figure
+    assert any("samples_given_1" in f for f in results["figures"])
+    assert "figures/latent.png" in results["figures"]
+
+
+def test_evaluate_selected_metrics_only(run, capsys):
+    assert main(["evaluate", str(run), "--metrics", "recon,probe", "--no-figures", *EVAL]) == 0
+    results = json.loads((run / "eval.json").read_text())
+    assert "recon" in results and "probe" in results
+    assert "coherence" not in results and "likelihood" not in results
+    assert not (run / "figures").exists()
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--metrics", "coherence,fid"], ["'fid'", "probe"]),
+        (["--num-importance-samples", "0"], ["K", ">= 1"]),
+        (["--device", "cuda"], ["cuda"]),
+    ],
+)
+def test_evaluate_user_errors(argv, expected, run, capsys):
+    assert main(["evaluate", str(run), "--device", "cpu", *argv]) == 2
+    line = one_error_line(capsys)
+    for text in expected:
+        assert text in line, line
+    assert not (run / "eval.json").exists()
+
+
+def test_evaluate_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path)]) == 2
+    assert "not an omnivae run" in one_error_line(capsys)
+
+
+def test_metrics_that_need_labels_say_so(tmp_path, capsys):
+    arrays = tiny_arrays(40)
+    del arrays["labels"]
+    np.savez(tmp_path / "nolabels.npz", **arrays)
+    out = tmp_path / "unlabelled"
+    assert main(["train", "--dataset", f"npz:{tmp_path / 'nolabels.npz'}", "--epochs", "1", *TINY, "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out), "--metrics", "probe", *EVAL]) == 2
+    line = one_error_line(capsys)
+    assert "probe" in line and "labels" in line
+    assert main(["evaluate", str(out), "--metrics", "recon,likelihood", "--no-figures", *EVAL]) == 0
+
+
+def test_sample_writes_a_grid(run, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["sample", str(run), "--given", "img,vec", "--n", "4", "--out", str(out), "--device", "cpu"]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    prior = tmp_path / "prior.png"
+    assert main(["sample", str(run), "--n", "3", "--out", str(prior), "--device", "cpu"]) == 0
+    assert prior.stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--given", "img,sound"], ["sound", "img, vec, bits"]),
+        (["--out", "grid.jpg"], [".png"]),
+        (["--n", "0"], ["--n"]),
+    ],
+)
+def test_sample_user_errors(argv, expected, run, capsys):
+    assert main(["sample", str(run), "--device", "cpu", *argv]) == 2
+    line = one_error_line(capsys)
+    for text in expected:
+        assert text in line, line
+
+
+def test_benchmark_trains_evaluates_resumes_and_tabulates(npz, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--models", "wb,moe", "--dataset", f"npz:{npz}", "--seeds", "2", "--epochs", "1",
+            "--out", str(out), "--metrics", "probe,recon", "--no-figures", "--latent-dim", "4", "--hidden", "16",
+            "--backbone", "mlp", "--batch-size", "16", "--no-progress", *EVAL]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "omnivae benchmark" in printed
+    for name in ("wb-seed0", "wb-seed1", "moe-seed0", "moe-seed1"):
+        assert (out / name / "eval.json").is_file()
+    table = (out / "results.md").read_text()
+    assert "| wb |" in table and "| moe |" in table and "±" in table
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0] == "model,seed,metric,value" and len(rows) > 8
+    assert (out / "figures" / "metrics_vs_inputs.png").is_file()
+    seeds = json.loads((out / "wb-seed1" / "config.json").read_text())["train"]["seed"]
+    assert seeds == 1
+
+    # A rerun skips finished work: nothing is trained or evaluated again...
+    import omnivae.benchmark as bench
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("finished work was redone")
+
+    monkeypatch.setattr(bench, "train", refuse)
+    monkeypatch.setattr(bench, "evaluate_run", refuse)
+    assert main(argv) == 0
+    assert "skipped" in capsys.readouterr().out
+
+    # ...and after an interruption only the unfinished run is redone.
+    (out / "moe-seed1" / "eval.json").unlink()
+    calls = []
+    monkeypatch.setattr(bench, "evaluate_run", lambda run_dir, options: calls.append(run_dir) or json.loads(
+        (out / "moe-seed0" / "eval.json").read_text()))
+    assert main(argv) == 0
+    assert calls == [out / "moe-seed1"]
+
+
+def test_benchmark_user_errors(npz, tmp_path, capsys):
+    assert main(["benchmark", "--models", "wb,nope", "--dataset", f"npz:{npz}", "--out", str(tmp_path / "b")]) == 2
+    assert "'nope'" in one_error_line(capsys)
+    assert main(["benchmark", "--seeds", "0", "--dataset", f"npz:{npz}", "--out", str(tmp_path / "b")]) == 2
+    assert "--seeds" in one_error_line(capsys)
+    assert not (tmp_path / "b").exists()
