@@ -358,3 +358,26 @@ def test_sample_counts_are_checked():
         StratifiedIWAE(num_samples=0)
     with pytest.raises(UserError):
         SubsampledELBO(num_random_subsets=-1)
+
+
+def test_subsampled_elbo_decodes_only_what_its_terms_reconstruct():
+    """Skipping the decoder outputs that the term masks remove leaves the loss unchanged."""
+    model, _ = build_model(tiny_config("poe"), MODALITIES)
+    objective = SubsampledELBO(num_random_subsets=2)
+    x = tiny_batch(6)
+    mask = model.stack_mask(x)
+    mask[1, :3] = False
+    calls = []
+    for name, decoder in model.decoders.items():
+        decoder.register_forward_hook(lambda module, args, out, name=name: calls.append((name, args[0].shape[0])))
+    torch.manual_seed(3)
+    selective = objective(model, x, mask).loss
+    rows_decoded = sum(n for _, n in calls)
+    calls.clear()
+    original = model.log_likelihood
+    model.log_likelihood = lambda x, z, mask, decode_terms=None: original(x, z, mask)
+    torch.manual_seed(3)
+    everything = objective(model, x, mask).loss
+    assert torch.equal(selective, everything)
+    # joint + 2 random subsets decode all 3 modalities, each unimodal term only its own.
+    assert rows_decoded == 6 * (3 * 3 + 3) and sum(n for _, n in calls) == 6 * 6 * 3

@@ -106,7 +106,7 @@ def _add_eval_options(p: argparse.ArgumentParser) -> None:
                    help="importance samples per test example for log-likelihoods (default 1000)")
     p.add_argument("--eval-batch-size", type=int, default=256, help="batch size of the metrics (default 256)")
     p.add_argument("--num-train", type=int, help="training examples for the linear probe (default all)")
-    p.add_argument("--classifier-epochs", type=int, default=5, help="epochs of the coherence classifiers (default 5)")
+    p.add_argument("--classifier-epochs", type=int, default=20, help="epochs of the coherence classifiers (default 20; trained once, cached)")
     p.add_argument("--inception", help="your own Inception feature network (TorchScript or safetensors) for Frechet distances")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     if not any(a.dest == "device" for a in p._actions):

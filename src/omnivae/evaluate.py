@@ -37,7 +37,7 @@ class EvalOptions:
     num_importance_samples: int = 1000
     likelihood_batch_size: int = 64
     num_train: int | None = None
-    classifier_epochs: int = 5
+    classifier_epochs: int = 20
     seed: int = 0
     device: str = "auto"
     data_dir: str | None = None

@@ -170,33 +170,55 @@ class MultimodalVAE(nn.Module):
             out[name] = mean.reshape(*lead, *mean.shape[1:])
         return out
 
-    def log_likelihood(self, x: dict[str, Tensor], z: Tensor, mask: Tensor) -> Tensor:
+    def log_likelihood(
+        self,
+        x: dict[str, Tensor],
+        z: Tensor,
+        mask: Tensor,
+        decode_terms: Sequence[Sequence[bool]] | None = None,
+    ) -> Tensor:
         """Weighted sum over observed modalities of log p(x_m | z).
 
         Args:
             x: ``name -> [B, *shape]``.
             z: ``[*L, B, D]`` latent samples (leading axes fold into one decoder call).
             mask: ``[M, B]`` or ``[M, *L, B]``; unobserved modalities contribute nothing.
+            decode_terms: Optional ``[L][M]`` table, known before the step, of which
+                modalities each leading slice may reconstruct (``L`` one axis). A modality
+                is decoded only for the slices that may need it, so an objective whose
+                terms reconstruct different modalities (MVAE's unimodal ELBOs) pays for
+                no decoder output it then masks away.
 
         Returns:
             ``[*L, B]``.
         """
         lead = z.shape[:-2]
         batch = z.shape[-2]
-        flat = z.reshape(-1, z.shape[-1])
-        copies = flat.shape[0] // batch
-        total = torch.zeros(flat.shape[0], dtype=z.dtype, device=z.device)
+        total = torch.zeros(*lead, batch, dtype=z.dtype, device=z.device)
+        zero = torch.zeros((), dtype=z.dtype, device=z.device)
         for index, name in enumerate(self.names):
             if name not in x:
                 continue
+            observed = mask[index].expand(*lead, batch)
+            if decode_terms is None:
+                z_used, slices = z, None
+            else:
+                slices = [t for t, row in enumerate(decode_terms) if row[index]]
+                if not slices:
+                    continue
+                z_used, observed = z[slices], observed[slices]
+            flat = z_used.reshape(-1, z.shape[-1])
+            copies = flat.shape[0] // batch
             target = x[name]
             if copies > 1:
                 target = target.unsqueeze(0).expand(copies, *target.shape).reshape(-1, *target.shape[1:])
-            log_p = self.decoders[name](flat).log_prob(target)
-            observed = mask[index].expand(*lead, batch).reshape(-1)
-            term = self.likelihood_weights[index] * log_p
-            total = total + torch.where(observed, term, torch.zeros((), dtype=term.dtype, device=term.device))
-        return total.reshape(*lead, batch)
+            log_p = self.decoders[name](flat).log_prob(target).reshape(observed.shape)
+            term = torch.where(observed, self.likelihood_weights[index] * log_p, zero)
+            if slices is None:
+                total = total + term
+            else:
+                total = total.index_add(0, torch.tensor(slices, device=z.device), term)
+        return total
 
     @torch.no_grad()
     def reconstruct(self, x: dict[str, Tensor], mask: dict[str, Tensor] | Tensor | None = None) -> dict[str, Tensor]:

@@ -42,7 +42,9 @@ class MultimodalModel(Protocol):
 
     def prior(self) -> Distribution: ...
 
-    def log_likelihood(self, x: dict[str, Tensor], z: Tensor, mask: Tensor) -> Tensor: ...
+    def log_likelihood(
+        self, x: dict[str, Tensor], z: Tensor, mask: Tensor, decode_terms: list[list[bool]] | None = None
+    ) -> Tensor: ...
 
 
 @dataclass
@@ -140,6 +142,15 @@ class SubsampledELBO(Objective):
         self.beta = beta
         self.num_random_subsets = num_random_subsets
 
+    def decode_table(self, num_modalities: int) -> list[list[bool]]:
+        """Which modalities each term may reconstruct, known before the step: ``[T][M]``."""
+        table = [[True] * num_modalities]
+        if num_modalities > 1:
+            table += [[i == j for j in range(num_modalities)] for i in range(num_modalities)]
+        if self.num_random_subsets and num_modalities > 2:
+            table += [[True] * num_modalities for _ in range(self.num_random_subsets)]
+        return table
+
     def term_masks(self, mask: Tensor) -> Tensor:
         """Masks ``[M, T, B]`` of the terms: joint, each modality, then random subsets."""
         num_modalities = mask.shape[0]
@@ -157,7 +168,7 @@ class SubsampledELBO(Objective):
         posterior = model.aggregate(experts.expand_samples(torch.Size([num_terms])), masks)
         component = posterior.sample_component()
         z = component.rsample()  # [T, B, D]
-        rec = model.log_likelihood(x, z, masks)  # [T, B]
+        rec = model.log_likelihood(x, z, masks, self.decode_table(mask.shape[0]))  # [T, B]
         kl = kl_divergence(component, model.prior())  # [T, B]
         valid = masks.any(0)
         zero = torch.zeros((), dtype=rec.dtype, device=rec.device)
