@@ -399,3 +399,11 @@ def test_resume_refuses_settings_it_would_ignore(trained_run, capsys):
     line = one_error_line(capsys)
     assert "--lr" in line and "--batch-size" in line and "--epochs" in line
     assert {p.name: p.stat().st_mtime_ns for p in trained_run.iterdir()} == before
+
+
+@pytest.mark.parametrize("flags, expected", [([], 5.0), (["--warmup-epochs", "0"], 0.0)])
+def test_poe_trains_with_its_papers_kl_warm_up_unless_told_otherwise(flags, expected, data_npz, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["train", "--model", "poe", "--dataset", f"npz:{data_npz}", *TINY_FLAGS, "--device", "cpu", "--out", str(out)]
+    assert main(argv + flags) == 0
+    assert json.loads((out / "config.json").read_text())["train"]["warmup_epochs"] == expected

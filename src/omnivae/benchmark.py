@@ -96,7 +96,8 @@ def run_benchmark(
             if not _finished(run_dir):
                 resume = (run_dir / "state.json").is_file()
                 model_config = ModelConfig(model=name, **model_options)
-                train_config = TrainConfig(**{**train_options, "seed": seed})
+                defaults = {"warmup_epochs": MODELS[name].warmup_epochs}
+                train_config = TrainConfig(**{**defaults, **train_options, "seed": seed})
                 status = "resuming" if resume else "training"
                 print(f"[{name} seed {seed}] {status} ...", flush=True)
                 train(model_config, train_config, data, dataset, run_dir, resume=resume)

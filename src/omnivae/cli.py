@@ -57,7 +57,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--device", help="auto, cpu or cuda (default auto)")
     p.add_argument("--missing-rate", type=float, help="hide each modality at random with this probability during training")
-    p.add_argument("--warmup-epochs", type=float, help="linear KL warm-up over this many epochs (default 0)")
+    p.add_argument("--warmup-epochs", type=float, help="linear KL warm-up over this many epochs (default: the method's; 5 for poe, else 0)")
     p.add_argument("--backbone", help="network family: auto, mlp, conv, resnet (default auto)")
     p.add_argument("--hidden", help="MLP hidden widths, comma separated (default 512,512)")
     p.add_argument("--covariance", help="encoder covariance: diag or lowrank (full-covariance barycenters)")
@@ -256,7 +256,7 @@ def _parse_hidden(text: str) -> list[int]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from omnivae.data import load_dataset
-    from omnivae.models import ModelConfig
+    from omnivae.models import MODELS, ModelConfig
     from omnivae.train import TrainConfig, TrainingInterrupted, check_run_dir, new_run_dir, train
 
     options = _options(args)
@@ -293,6 +293,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         model_config = ModelConfig(**{k: v for k, v in options.items() if k in known_model})
         model_config.model = options.get("model", DEFAULT_MODEL)
         train_config = TrainConfig(**{k: v for k, v in options.items() if k in known_train})
+        if "warmup_epochs" not in options and model_config.model in MODELS:
+            train_config.warmup_epochs = MODELS[model_config.model].warmup_epochs
         if options.get("no_progress"):
             train_config.progress = False
         dataset_name = options.get("dataset", DEFAULT_DATASET)
