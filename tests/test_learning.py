@@ -36,8 +36,9 @@ def test_training_puts_the_digit_into_the_latent_space(model_name):
     before = linear_probe(model, train, test, num_train=2000)["by_size"]["2"]
     Trainer(model, objective, train, TrainConfig(epochs=6, batch_size=64, progress=False)).fit()
     after = linear_probe(model, train, test, num_train=2000)["by_size"]["2"]
-    assert after > before + 0.15, (before, after)
-    assert after > 0.75, after
+    # The untrained encoder already gives about 0.67 on these two views (seed 0).
+    assert after > before + 0.10, (before, after)
+    assert after > 0.78, after
 
 
 def test_kl_warm_up_keeps_the_product_of_experts_from_collapsing():

@@ -19,6 +19,7 @@ import torch
 
 from omnivae import __version__
 from omnivae.errors import DataError, RunDirError, UserError
+from omnivae.train.trainer import TrainingInterrupted
 
 DEFAULT_MODEL = "mwb"
 DEFAULT_DATASET = "polymnist"
@@ -257,7 +258,7 @@ def _parse_hidden(text: str) -> list[int]:
 def cmd_train(args: argparse.Namespace) -> int:
     from omnivae.data import load_dataset
     from omnivae.models import MODELS, ModelConfig
-    from omnivae.train import TrainConfig, TrainingInterrupted, check_run_dir, new_run_dir, train
+    from omnivae.train import TrainConfig, check_run_dir, new_run_dir, train
 
     options = _options(args)
     resume = options.pop("resume", None)
@@ -309,11 +310,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         + ", ".join(f"{m.name}{list(m.shape)}" for m in data.modalities),
         flush=True,
     )
-    try:
-        trainer = train(model_config, train_config, data, dataset_name, run_dir, resume=resume is not None)
-    except TrainingInterrupted as stop:
-        print(f"omnivae: {stop}", file=sys.stderr)
-        return 130
+    trainer = train(model_config, train_config, data, dataset_name, run_dir, resume=resume is not None)
     _print_summary(trainer, run_dir)
     return 0
 
@@ -503,6 +500,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except FloatingPointError as err:
         print(f"omnivae: error: {err}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as stop:  # SIGINT/SIGTERM: the checkpoint is already written
+        print(f"omnivae: {stop}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("omnivae: interrupted", file=sys.stderr)
         return 130
