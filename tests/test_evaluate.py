@@ -180,3 +180,12 @@ def test_benchmark_user_errors(npz, tmp_path, capsys):
     assert main(["benchmark", "--seeds", "0", "--dataset", f"npz:{npz}", "--out", str(tmp_path / "b")]) == 2
     assert "--seeds" in one_error_line(capsys)
     assert not (tmp_path / "b").exists()
+
+
+def test_a_run_on_npz_data_can_be_evaluated_from_another_folder(tmp_path, monkeypatch, capsys):
+    write_tiny_npz(tmp_path / "data.npz", n=40)
+    assert main(["train", "--dataset", "npz:data.npz", "--epochs", "1", *TINY, "--out", "run"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["evaluate", str(tmp_path / "run"), "--metrics", "recon", "--no-figures", *EVAL]) == 0

@@ -298,7 +298,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             train_config.warmup_epochs = MODELS[model_config.model].warmup_epochs
         if options.get("no_progress"):
             train_config.progress = False
-        dataset_name = options.get("dataset", DEFAULT_DATASET)
+        dataset_name = _absolute_dataset(options.get("dataset", DEFAULT_DATASET))
         data_dir = options.get("data_dir")
         run_dir = Path(options["out"]) if "out" in options else new_run_dir(model_config.model, dataset_name)
     model_config.validate()
@@ -313,6 +313,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     trainer = train(model_config, train_config, data, dataset_name, run_dir, resume=resume is not None)
     _print_summary(trainer, run_dir)
     return 0
+
+
+def _absolute_dataset(name: str) -> str:
+    """``npz:FILE`` with an absolute path, so the run can be evaluated from anywhere."""
+    if isinstance(name, str) and name.startswith("npz:") and len(name) > 4:
+        return "npz:" + str(Path(name[4:]).expanduser().absolute())
+    return name
 
 
 def _print_summary(trainer, run_dir: Path) -> None:
@@ -464,7 +471,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     for key in ("batch_size", "lr"):
         if getattr(args, key) is not None:
             train_options[key] = getattr(args, key)
-    summary = run_benchmark(models, args.dataset, args.seeds, Path(args.out), model_options, train_options,
+    summary = run_benchmark(models, _absolute_dataset(args.dataset), args.seeds, Path(args.out), model_options, train_options,
                             _eval_options(args, args.metrics), data_dir=args.data_dir)
     print((Path(args.out) / "results.md").read_text())
     return 0 if summary else 2
