@@ -170,6 +170,19 @@ class MultimodalVAE(nn.Module):
             out[name] = mean.reshape(*lead, *mean.shape[1:])
         return out
 
+    def modality_log_likelihood(self, name: str, target: Tensor, z: Tensor) -> Tensor:
+        """Unweighted log p(x_name | z) for ``z [*L, B, D]``: ``[*L, B]``, one decoder call.
+
+        The leading sample axes fold into the decoder's batch, and ``target [B, *shape]``
+        is repeated to match.
+        """
+        lead, batch = z.shape[:-2], z.shape[-2]
+        flat = z.reshape(-1, z.shape[-1])
+        copies = flat.shape[0] // batch
+        if copies > 1:
+            target = target.unsqueeze(0).expand(copies, *target.shape).reshape(-1, *target.shape[1:])
+        return self.decoders[name](flat).log_prob(target).reshape(*lead, batch)
+
     def log_likelihood(
         self,
         x: dict[str, Tensor],
@@ -207,12 +220,7 @@ class MultimodalVAE(nn.Module):
                 if not slices:
                     continue
                 z_used, observed = z[slices], observed[slices]
-            flat = z_used.reshape(-1, z.shape[-1])
-            copies = flat.shape[0] // batch
-            target = x[name]
-            if copies > 1:
-                target = target.unsqueeze(0).expand(copies, *target.shape).reshape(-1, *target.shape[1:])
-            log_p = self.decoders[name](flat).log_prob(target).reshape(observed.shape)
+            log_p = self.modality_log_likelihood(name, x[name], z_used)
             term = torch.where(observed, self.likelihood_weights[index] * log_p, zero)
             if slices is None:
                 total = total + term

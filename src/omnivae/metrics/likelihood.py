@@ -53,24 +53,16 @@ __all__ = ["joint_log_likelihood", "conditional_log_likelihoods"]
 def _log_likelihood_terms(model: MultimodalVAE, x: dict[str, Tensor], z: Tensor) -> Tensor:
     """Unweighted log p(x_m | z) of every modality: ``[M, *L, B]``.
 
-    The same folding as :meth:`MultimodalVAE.log_likelihood` (the leading sample axes of
-    ``z`` go into one decoder call per modality) but with every likelihood weight equal to
-    1 and without summing, so that callers can pick which modalities enter.
+    One decoder call per modality (:meth:`MultimodalVAE.modality_log_likelihood`), with
+    every likelihood weight equal to 1 and without summing, so that callers can pick which
+    modalities enter.
 
     Args:
         model: The model.
         x: ``name -> [B, *shape]`` for every modality of the model.
         z: ``[*L, B, D]`` latent samples.
     """
-    lead, batch = z.shape[:-2], z.shape[-2]
-    flat = z.reshape(-1, z.shape[-1])
-    copies = flat.shape[0] // batch
-    terms = []
-    for name in model.names:
-        target = x[name].unsqueeze(0).expand(copies, *x[name].shape).reshape(-1, *x[name].shape[1:])
-        log_p = model.decode(flat, [name])[name].log_prob(target)
-        terms.append(log_p.reshape(*lead, batch))
-    return torch.stack(terms)
+    return torch.stack([model.modality_log_likelihood(name, x[name], z) for name in model.names])
 
 
 def _check_sizes(num_samples: int, batch_size: int, chunk: int) -> None:
