@@ -552,3 +552,44 @@ def test_batches_scale_uint8_to_unit_interval(polymnist: tuple[Path, DatasetSpli
     assert image.shape == (64, 3, 28, 28) and image.dtype == torch.float32
     assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
     assert float(image.max()) > 0.9
+
+
+# -- shared storage rows and index-stored categoricals ---------------------------------------
+def test_rows_share_storage_and_gather_like_copies():
+    from omnivae.data.base import ModalitySpec, MultimodalDataset
+
+    store = torch.arange(5 * 4, dtype=torch.float32).reshape(5, 4)
+    rows = torch.tensor([4, 0, 0, 2, 3, 1])
+    specs = (ModalitySpec("a", (4,)), ModalitySpec("b", (2,)))
+    b = torch.randn(6, 2)
+    shared = MultimodalDataset(specs, {"a": store, "b": b}, rows={"a": rows}, labels=torch.arange(6))
+    copied = MultimodalDataset(specs, {"a": store[rows], "b": b}, labels=torch.arange(6))
+    assert len(shared) == 6
+    index = torch.tensor([5, 1, 3])
+    assert torch.equal(shared.batch(index).x["a"], copied.batch(index).x["a"])
+    sub = shared.subset(index)
+    assert sub.data["a"] is store  # the storage is shared, not copied
+    assert torch.equal(sub.batch(torch.arange(3)).x["a"], store[rows[index]])
+    assert torch.equal(sub.values("a"), store[rows[index]])
+
+
+def test_rows_out_of_range_is_a_data_error():
+    from omnivae.data.base import ModalitySpec, MultimodalDataset
+    from omnivae.errors import DataError
+
+    with pytest.raises(DataError, match="outside"):
+        MultimodalDataset((ModalitySpec("a", (1,)),), {"a": torch.zeros(3, 1)}, rows={"a": torch.tensor([0, 3])})
+
+
+def test_categorical_indices_expand_to_one_hot_with_zero_rows_for_unknown():
+    from omnivae.data.base import ModalitySpec, MultimodalDataset
+    from omnivae.data.text import ALPHABET, encode_strings
+
+    codes = torch.from_numpy(encode_strings(["ab", "\u00e9z"], 3))
+    spec = ModalitySpec("text", (3, len(ALPHABET)), "categorical")
+    data = MultimodalDataset((spec,), {"text": codes})
+    x = data.batch(torch.arange(2)).x["text"]
+    assert x.shape == (2, 3, len(ALPHABET)) and x.dtype == torch.float32
+    assert x[0, 0, 0] == 1 and x[0, 1, 1] == 1 and x[0, 2].sum() == 0
+    assert x[1, 0].sum() == 0 and x[1, 1, 25] == 1  # unknown character: all-zero row
+    assert torch.equal(x.sum(-1), (codes >= 0).float())

@@ -4,6 +4,15 @@ A multimodal sample is one tensor per modality (in the dataset's fixed order), a
 saying which modalities are observed, and an optional integer label. Everything lives in
 memory as tensors; a batch is a gather on the permuted index, with no per-item Python work.
 Images are stored as ``uint8`` and turned into floats in [0, 1] only for the batch.
+
+Two storage forms keep large datasets small in memory, both expanded only per batch:
+
+- ``rows[name]``: sample ``i`` of modality ``name`` is storage row ``rows[name][i]``.
+  Datasets that pair the same instances many times (MNIST-SVHN pairs each digit with
+  20 others) store every instance once plus an index, instead of copying pixels.
+- a ``categorical`` modality of shape ``(*S, A)`` may be stored as integer indices of
+  shape ``(*S,)``; index ``a`` in ``0..A-1`` becomes a one-hot row and any other value
+  (``-1`` for an unknown character) an all-zero row, as in the MoPoE text encoding.
 """
 
 from __future__ import annotations
@@ -70,6 +79,7 @@ class MultimodalDataset:
     labels: Tensor | None = None
     label_names: list[str] | None = None
     name: str = "dataset"
+    rows: dict[str, Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         names = [m.name for m in self.modalities]
@@ -78,17 +88,32 @@ class MultimodalDataset:
         missing = [n for n in names if n not in self.data]
         if missing:
             raise DataError(f"{self.name}: no data for modalities {missing}")
-        n = self.data[names[0]].shape[0]
+        unknown_rows = [k for k in self.rows if k not in names]
+        if unknown_rows:
+            raise DataError(f"{self.name}: rows given for unknown modalities {unknown_rows}; modalities are {names}")
+
+        def length(name: str) -> int:
+            return (self.rows[name] if name in self.rows else self.data[name]).shape[0]
+
+        n = length(names[0])
         if n == 0:
             raise DataError(f"{self.name}: the dataset is empty (0 samples)")
         for spec in self.modalities:
             array = self.data[spec.name]
-            if array.shape[0] != n:
+            if length(spec.name) != n:
                 raise DataError(
-                    f"{self.name}: modality {spec.name!r} has {array.shape[0]} samples but "
+                    f"{self.name}: modality {spec.name!r} has {length(spec.name)} samples but "
                     f"{names[0]!r} has {n}; every modality needs one row per sample"
                 )
-            if tuple(array.shape[1:]) != tuple(spec.shape):
+            if spec.name in self.rows:
+                index = self.rows[spec.name]
+                if index.dtype != torch.long or index.ndim != 1:
+                    raise DataError(f"{self.name}: rows of {spec.name!r} must be a 1-D int64 tensor")
+                if index.numel() and (int(index.min()) < 0 or int(index.max()) >= array.shape[0]):
+                    raise DataError(
+                        f"{self.name}: rows of {spec.name!r} point outside its {array.shape[0]} stored rows"
+                    )
+            if tuple(array.shape[1:]) != tuple(spec.shape) and not _stores_indices(spec, array):
                 raise DataError(
                     f"{self.name}: modality {spec.name!r} has per-sample shape "
                     f"{tuple(array.shape[1:])}, expected {tuple(spec.shape)}"
@@ -109,18 +134,32 @@ class MultimodalDataset:
         return [m.name for m in self.modalities]
 
     def __len__(self) -> int:
-        return self.data[self.modalities[0].name].shape[0]
+        first = self.modalities[0].name
+        return (self.rows[first] if first in self.rows else self.data[first]).shape[0]
 
     def subset(self, index: Tensor) -> "MultimodalDataset":
-        """The samples at ``index`` (a LongTensor or BoolTensor over samples)."""
+        """The samples at ``index`` (a LongTensor or BoolTensor over samples).
+
+        Modalities stored through ``rows`` keep sharing their storage; only the index is
+        gathered.
+        """
         return MultimodalDataset(
             modalities=self.modalities,
-            data={k: v[index] for k, v in self.data.items()},
+            data={k: v if k in self.rows else v[index] for k, v in self.data.items()},
             masks={k: v[index] for k, v in self.masks.items()},
             labels=None if self.labels is None else self.labels[index],
             label_names=self.label_names,
             name=self.name,
+            rows={k: v[index] for k, v in self.rows.items()},
         )
+
+    def values(self, name: str, index: Tensor | None = None) -> Tensor:
+        """The stored values of modality ``name`` at samples ``index`` (all when None),
+        in storage dtype and form (before scaling or one-hot expansion)."""
+        stored = self.data[name]
+        if name in self.rows:
+            return stored[self.rows[name] if index is None else self.rows[name][index]]
+        return stored if index is None else stored[index]
 
     def to(self, device: torch.device | str) -> "MultimodalDataset":
         """The dataset with every tensor on ``device`` (in-memory data lives where it is used)."""
@@ -131,14 +170,20 @@ class MultimodalDataset:
             labels=None if self.labels is None else self.labels.to(device),
             label_names=self.label_names,
             name=self.name,
+            rows={k: v.to(device) for k, v in self.rows.items()},
         )
 
     def batch(self, index: Tensor) -> Batch:
         """Gather rows ``index`` as a float batch (images scaled from uint8 to [0, 1])."""
         x = {}
         for spec in self.modalities:
-            rows = self.data[spec.name][index]
-            x[spec.name] = rows.float().div_(255.0) if rows.dtype == torch.uint8 else rows.float()
+            rows = self.values(spec.name, index)
+            if _stores_indices(spec, rows):
+                x[spec.name] = _one_hot(rows, spec.shape[-1])
+            elif rows.dtype == torch.uint8:
+                x[spec.name] = rows.float().div_(255.0)
+            else:
+                x[spec.name] = rows.float()
         masks = {k: v[index] for k, v in self.masks.items()}
         labels = None if self.labels is None else self.labels[index]
         return Batch(x, masks, labels)
@@ -165,6 +210,24 @@ class MultimodalDataset:
     def num_batches(self, batch_size: int, drop_last: bool = False) -> int:
         n = len(self)
         return n // batch_size if drop_last else -(-n // batch_size)
+
+
+def _stores_indices(spec: ModalitySpec, array: Tensor) -> bool:
+    """True if a categorical modality is stored as integer indices, one axis short."""
+    return (
+        spec.kind == "categorical"
+        and not array.dtype.is_floating_point
+        and array.dtype != torch.bool
+        and tuple(array.shape[1:]) == tuple(spec.shape[:-1])
+    )
+
+
+def _one_hot(indices: Tensor, width: int) -> Tensor:
+    """Float one-hot rows; indices outside ``0..width-1`` give all-zero rows."""
+    indices = indices.long()
+    valid = (indices >= 0) & (indices < width)
+    out = torch.nn.functional.one_hot(indices.clamp(0, width - 1), width).float()
+    return out.mul_(valid.unsqueeze(-1))
 
 
 @dataclass

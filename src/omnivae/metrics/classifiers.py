@@ -346,6 +346,8 @@ def _fingerprint(data: MultimodalDataset) -> str:
     for spec in data.modalities:
         digest.update(data.masks[spec.name].contiguous().cpu().numpy().tobytes())
         add(data.data[spec.name])
+        if spec.name in data.rows:
+            add(data.rows[spec.name])
     return digest.hexdigest()
 
 
