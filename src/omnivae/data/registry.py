@@ -44,7 +44,10 @@ class DatasetInfo:
         n_train: training samples.
         n_test: test samples.
         offline: True if it is built from installed packages, with nothing to download.
-        needs: the files to provide when it is not offline; ``""`` when offline.
+        needs: the files to provide when it is not offline; for an offline build, the
+            package it is built from when that is not installed by default.
+        missing: for an offline build, a check that returns why it cannot be built on
+            this machine (a package is absent), or ``None`` when it can.
     """
 
     name: str
@@ -54,6 +57,14 @@ class DatasetInfo:
     n_test: int = 0
     offline: bool = True
     needs: str = ""
+    missing: Callable[[], str | None] | None = field(default=None, compare=False, repr=False)
+
+    def status(self) -> str:
+        """``ready``, ``needs --data-dir`` or ``missing: REASON`` for this machine."""
+        if not self.offline:
+            return "needs --data-dir"
+        reason = self.missing() if self.missing is not None else None
+        return "ready" if reason is None else f"missing: {reason}"
 
 
 @dataclass(frozen=True)
@@ -134,24 +145,27 @@ def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> Datas
 
 def dataset_table() -> str:
     """A plain-text table of the registered datasets, for ``omnivae datasets``."""
-    header = ("name", "offline", "train", "test", "modalities")
+    header = ("name", "here", "train", "test", "modalities")
     rows = [
         (
             info.name,
-            "yes" if info.offline else "no",
+            info.status(),
             str(info.n_train),
             str(info.n_test),
             ", ".join(info.modalities),
         )
         for info in DATASETS.values()
     ]
-    rows += [(entry.form, "yes", "-", "-", "from the file") for entry in _PREFIXES.values()]
+    rows += [(entry.form, "ready", "-", "-", "from the file") for entry in _PREFIXES.values()]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: tuple[str, ...]) -> str:
         return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip()
 
     lines = [line(header), line(tuple("-" * w for w in widths)), *map(line, rows), ""]
+    lines.append("'ready' datasets are built offline from installed packages on first use and cached;")
+    lines.append("the others read their real files from --data-dir DIR.")
+    lines.append("")
     for info in DATASETS.values():
         lines.append(f"{info.name}: {info.description}")
         if info.needs:
