@@ -47,7 +47,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         description="Train a multimodal VAE and write a run directory.",
     )
     p.add_argument("--model", help=f"registered model name (default {DEFAULT_MODEL}; see 'omnivae models')")
-    p.add_argument("--dataset", help=f"dataset name or npz:FILE (default {DEFAULT_DATASET}; see 'omnivae datasets')")
+    p.add_argument("--dataset", help=f"dataset name, npz:FILE, csv:DIR or hdf5:FILE (default {DEFAULT_DATASET}; see 'omnivae datasets')")
     p.add_argument("--data-dir", help="folder with a dataset's real files, where it needs them")
     p.add_argument("--aggregator", help="swap the model's aggregation: poe, moe, mopoe, wb, mwb")
     p.add_argument("--epochs", type=int, help="training epochs (default 10)")
@@ -79,12 +79,24 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _add_impute(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "impute",
-        help="fill missing modalities of an npz file",
-        description="Fill the masked or absent modalities of an npz file with a trained model.",
+        help="fill missing modalities of a CSV folder, an HDF5 file or an npz file",
+        description=(
+            "Fill the masked or absent modalities of your data with a trained model. The input "
+            "is a CSV folder (one <modality>.csv each, as csv:DIR), an .h5/.hdf5 file or an .npz "
+            "file; the output is written in the same format."
+        ),
     )
     p.add_argument("run", help="run directory written by 'omnivae train'")
-    p.add_argument("--input", required=True, help="npz with one array per modality and optional mask_<name> arrays")
-    p.add_argument("--output", required=True, help="npz to write: every modality, filled")
+    p.add_argument(
+        "--input",
+        required=True,
+        help="a CSV folder, .h5/.hdf5 or .npz file: one modality each, missing rows empty or masked (mask_<name>)",
+    )
+    p.add_argument(
+        "--output",
+        required=True,
+        help="where to write every modality, filled, in the input's format (a folder, .h5/.hdf5 or .npz)",
+    )
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--device", default="auto")
     p.set_defaults(handler=cmd_impute)
@@ -283,7 +295,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             train_config.device = options["device"]
         if options.get("no_progress"):
             train_config.progress = False
-        data_dir = options.get("data_dir")
+        data_dir = options.get("data_dir") or saved["dataset"].get("data_dir")
         run_dir = Path(resume)
     else:
         known_model = {f.name for f in fields(ModelConfig)}
@@ -310,15 +322,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         + ", ".join(f"{m.name}{list(m.shape)}" for m in data.modalities),
         flush=True,
     )
-    trainer = train(model_config, train_config, data, dataset_name, run_dir, resume=resume is not None)
+    trainer = train(model_config, train_config, data, dataset_name, run_dir, resume=resume is not None, data_dir=data_dir)
     _print_summary(trainer, run_dir)
     return 0
 
 
 def _absolute_dataset(name: str) -> str:
-    """``npz:FILE`` with an absolute path, so the run can be evaluated from anywhere."""
-    if isinstance(name, str) and name.startswith("npz:") and len(name) > 4:
-        return "npz:" + str(Path(name[4:]).expanduser().absolute())
+    """``npz:FILE``, ``csv:DIR`` or ``hdf5:FILE`` with an absolute path, so the run can be
+    evaluated from anywhere."""
+    for prefix in ("npz:", "csv:", "hdf5:"):
+        if isinstance(name, str) and name.startswith(prefix) and len(name) > len(prefix):
+            return prefix + str(Path(name[len(prefix):]).expanduser().absolute())
     return name
 
 
@@ -335,49 +349,79 @@ def _print_summary(trainer, run_dir: Path) -> None:
 
 
 # -- impute --------------------------------------------------------------------------------
-def cmd_impute(args: argparse.Namespace) -> int:
-    from omnivae.data.arrays import dataset_from_arrays, read_npz
-    from omnivae.train import load_run, resolve_device
-    from omnivae.train.checkpoint import atomic_write_bytes
+_IMPUTE_FORMS = "a CSV folder (one <modality>.csv each), an .h5/.hdf5 file or an .npz file"
 
-    output = Path(args.output)
-    if output.suffix != ".npz":
-        raise UserError(f"--output {output} must end in .npz")
+
+def _impute_format(path: Path) -> str:
+    """``"csv"``, ``"hdf5"`` or ``"npz"`` for an input path, from what it is and its suffix."""
+    from omnivae.data.tables import HDF5_SUFFIXES
+
+    if path.is_dir():
+        return "csv"
+    suffix = path.suffix.lower()
+    if suffix in HDF5_SUFFIXES:
+        return "hdf5"
+    if suffix == ".npz":
+        return "npz"
+    if not path.exists():
+        raise UserError(f"--input {path}: no such folder or file; give {_IMPUTE_FORMS}")
+    raise UserError(f"--input {path} is not a folder and does not end in .h5, .hdf5 or .npz; give {_IMPUTE_FORMS}")
+
+
+def _check_impute_output(output: Path, form: str) -> None:
+    """The output is written in the input's format: check its name and place up front."""
+    from omnivae.data.tables import HDF5_SUFFIXES, check_csv_output
+
     if not output.parent.exists():
         raise UserError(f"--output {output}: the folder {output.parent} does not exist")
-    device = resolve_device(args.device)
-    run = load_run(args.run, device=device)
-    raw = read_npz(args.input)
-    data = dataset_from_arrays(raw, name=Path(args.input).stem, source=str(args.input))
-    expected = {m.name: m for m in run.modalities}
+    if form == "csv":
+        if output.suffix.lower() in (*HDF5_SUFFIXES, ".npz", ".csv"):
+            raise UserError(f"--output {output} must name a folder: the input is a CSV folder")
+        if output.exists():
+            check_csv_output(output)
+        return
+    suffixes = HDF5_SUFFIXES if form == "hdf5" else (".npz",)
+    if output.suffix.lower() not in suffixes:
+        raise UserError(f"--output {output} must end in {' or '.join(suffixes)}: the input is a {form} file")
+    if output.is_dir():
+        raise UserError(f"--output {output} is a folder; name a file ending in {' or '.join(suffixes)}")
+
+
+def _check_impute_modalities(data, expected: dict, source: str, form: str) -> None:
+    """Every input modality must be one of the run's, with its kind and per-sample shape."""
     unknown = [m.name for m in data.modalities if m.name not in expected]
     if unknown:
         raise DataError(
-            f"{args.input}: modalities {unknown} are not in the run (it has {list(expected)}); rename or drop them"
+            f"{source}: modalities {unknown} are not in the run (it has {list(expected)}); rename or drop them"
         )
+    if form == "csv":
+        hint = 'declare it in schema.json, e.g. {"img": {"shape": [1, 28, 28], "kind": "image"}}'
+    else:
+        hint = "store images as uint8, binary data as bool, vectors as floats"
     for spec in data.modalities:
-        if spec.kind != expected[spec.name].kind:
+        want = expected[spec.name]
+        if tuple(spec.shape) != tuple(want.shape):
+            size = f" ({int(np.prod(spec.shape))} columns)" if form == "csv" else ""
             raise DataError(
-                f"{args.input}: modality {spec.name!r} reads as {spec.kind} data (from its dtype), the run "
-                f"expects {expected[spec.name].kind}; store images as uint8, binary data as bool, vectors as floats"
+                f"{source}: modality {spec.name!r} has per-sample shape {tuple(spec.shape)}{size}, "
+                f"the run expects {tuple(want.shape)} ({int(np.prod(want.shape))} values)"
             )
-        if tuple(spec.shape) != tuple(expected[spec.name].shape):
+        if spec.kind != want.kind:
             raise DataError(
-                f"{args.input}: modality {spec.name!r} has per-sample shape {tuple(spec.shape)}, "
-                f"the run expects {tuple(expected[spec.name].shape)}"
+                f"{source}: modality {spec.name!r} reads as {spec.kind} data, the run expects {want.kind}; {hint}"
             )
-    if args.batch_size < 1:
-        raise UserError("--batch-size must be >= 1")
-    present = [m.name for m in data.modalities]
+
+
+def _impute_values(model, data, expected: dict, device, batch_size: int) -> dict[str, np.ndarray]:
+    """Every modality of the run for every sample: observed values kept, the rest imputed,
+    in storage form (uint8 images, bool binary, float32 otherwise)."""
     filled: dict[str, list[torch.Tensor]] = {name: [] for name in expected}
-    model = run.model
     with torch.no_grad():
-        for batch in data.to(device).batches(args.batch_size):
+        for batch in data.to(device).batches(batch_size):
             out = model.impute(batch.x, batch.mask)
             for name in expected:
                 filled[name].append(out[name].cpu())
     arrays: dict[str, np.ndarray] = {}
-    n = len(data)
     for name, spec in expected.items():
         values = torch.cat(filled[name])
         if spec.kind == "image":
@@ -386,27 +430,79 @@ def cmd_impute(args: argparse.Namespace) -> int:
             arrays[name] = (values >= 0.5).numpy()
         else:
             arrays[name] = values.numpy()
+    return arrays
+
+
+def _filled_arrays(raw: dict, data, expected: dict, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The npz/HDF5 output: each modality filled, ``mask_<name>`` marking the observed
+    values, and the input's labels, label names and split as given."""
+    arrays: dict[str, np.ndarray] = {}
+    n = len(data)
+    present = [m.name for m in data.modalities]
+    for name in expected:
+        array = values[name]
         observed = data.masks[name].numpy() if name in present else np.zeros(n, dtype=bool)
         if name in present:
             # Give back the input's shape (a 1-D array is read as (N, 1)) and float dtype,
             # and its observed values exactly as given (float64 must not pass through float32).
             source = raw[name]
-            dtype = source.dtype if source.dtype.kind == "f" else arrays[name].dtype
-            arrays[name] = arrays[name].reshape(source.shape).astype(dtype)
-            arrays[name][observed] = source[observed]
+            dtype = source.dtype if source.dtype.kind == "f" else array.dtype
+            array = array.reshape(source.shape).astype(dtype)
+            array[observed] = source[observed]
+        arrays[name] = array
         arrays[f"mask_{name}"] = observed
-    if data.labels is not None:
-        arrays["labels"] = data.labels.numpy()
-    import io
+    for key in ("labels", "label_names", "split"):
+        if key in raw:
+            arrays[key] = raw[key]
+    return arrays
 
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
-    atomic_write_bytes(output, buffer.getvalue())
-    counts = {name: int(n - arrays[f"mask_{name}"].sum()) for name in expected}
+
+def cmd_impute(args: argparse.Namespace) -> int:
+    from omnivae.data.arrays import dataset_from_arrays, read_npz
+    from omnivae.data.tables import hdf5_group, read_csv_folder, read_hdf5, write_filled_csv, write_hdf5
+    from omnivae.train import load_run, resolve_device
+    from omnivae.train.checkpoint import atomic_write_bytes
+
+    source, output = Path(args.input), Path(args.output)
+    form = _impute_format(source)
+    _check_impute_output(output, form)
+    if args.batch_size < 1:
+        raise UserError("--batch-size must be >= 1")
+    device = resolve_device(args.device)
+    run = load_run(args.run, device=device)
+    expected = {m.name: m for m in run.modalities}
+    table = None
+    if form == "csv":
+        table = read_csv_folder(source, defaults=expected, keep_text=True)
+        raw, data = table.arrays, table.dataset()
+    else:
+        raw = read_hdf5(source) if form == "hdf5" else read_npz(source)
+        data = dataset_from_arrays(raw, name=source.stem, source=str(source))
+    _check_impute_modalities(data, expected, str(source), form)
+    values = _impute_values(run.model, data, expected, device, args.batch_size)
+    n = len(data)
+    present = set(data.modality_names)
+    counts = {
+        name: n - (int(data.masks[name].sum()) if name in present else 0) for name in expected
+    }
+    if table is not None:
+        write_filled_csv(table, values, run.modalities, output)
+        where = "every row filled"
+    else:
+        arrays = _filled_arrays(raw, data, expected, values)
+        if form == "hdf5":
+            write_hdf5(output, arrays, group=hdf5_group(source))
+        else:
+            import io
+
+            buffer = io.BytesIO()
+            np.savez(buffer, **arrays)
+            atomic_write_bytes(output, buffer.getvalue())
+        where = "mask_<name> arrays mark the observed values"
     print(
         f"imputed {sum(counts.values())} missing entries ("
         + ", ".join(f"{k}: {v}" for k, v in counts.items())
-        + f") in {n} samples; wrote {output} (mask_<name> arrays mark the observed values)"
+        + f") in {n} samples; wrote {output} ({where})"
     )
     return 0
 
@@ -445,7 +541,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if unknown:
         raise UserError(f"--given {','.join(unknown)}: not a modality of this run; it has {', '.join(run.model.names)}")
     if given:
-        data = load_dataset(run.dataset_name, data_dir=args.data_dir)
+        data = load_dataset(run.dataset_name, data_dir=args.data_dir or run.data_dir)
         inputs, generated = draw_samples(run, data.test, given, args.n, args.seed)
         title = f"given {'+'.join(given)}"
     else:

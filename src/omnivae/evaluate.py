@@ -94,7 +94,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     options.validate()
     device = resolve_device(options.device)
     run = load_run(run_dir, device=device)
-    data = load_dataset(run.dataset_name, data_dir=options.data_dir)
+    data = load_dataset(run.dataset_name, data_dir=options.data_dir or run.data_dir)
     if [m.to_json() for m in data.modalities] != [m.to_json() for m in run.modalities]:
         raise UserError(f"dataset {run.dataset_name!r} no longer has the modalities the run was trained on")
     for name in options.metrics:

@@ -37,6 +37,7 @@ def train(
     dataset_name: str,
     run_dir: Path | None,
     resume: bool = False,
+    data_dir: str | None = None,
 ) -> Trainer:
     """Build (or restore) a model and train it; returns the finished trainer.
 
@@ -51,7 +52,11 @@ def train(
     model, objective = build_model(model_config, data.modalities)
     run_config = {
         "model": model_config.to_json(),
-        "dataset": {"name": dataset_name, "modalities": [m.to_json() for m in data.modalities]},
+        "dataset": {
+            "name": dataset_name,
+            "data_dir": None if data_dir is None else str(Path(data_dir).expanduser().absolute()),
+            "modalities": [m.to_json() for m in data.modalities],
+        },
         "label_names": data.train.label_names,
     }
     trainer = Trainer(model, objective, data.train, train_config, run_dir, data.test, run_config)
@@ -74,6 +79,12 @@ class LoadedRun:
     dataset_name: str
     modalities: tuple[ModalitySpec, ...]
     config: dict
+
+    @property
+    def data_dir(self) -> str | None:
+        """The ``--data-dir`` the run was trained with (absolute), if any."""
+        value = self.config.get("dataset", {}).get("data_dir")
+        return value if isinstance(value, str) else None
 
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
