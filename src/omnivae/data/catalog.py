@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import importlib
 
-from omnivae.data.registry import DATASETS, register_dataset
+from omnivae.data.registry import _PREFIXES, DATASETS, register_dataset, register_prefix
 
 __all__: list[str] = []
 
-_MODULES = ("omnivae.data.polymnist",)
+_MODULES = (
+    "omnivae.data.polymnist",
+    "omnivae.data.mnist_svhn",
+)
 
 
 def _register_all() -> None:
@@ -22,6 +25,11 @@ def _register_all() -> None:
         for info, builder in module.ENTRIES:
             if info.name not in DATASETS:
                 register_dataset(info, builder)
+    from omnivae.data.tables import PREFIXES
+
+    for prefix, form, description, loader in PREFIXES:
+        if prefix not in _PREFIXES:
+            register_prefix(prefix, form, description, loader)
 
 
 _register_all()
