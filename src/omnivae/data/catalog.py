@@ -16,6 +16,10 @@ __all__: list[str] = []
 _MODULES = (
     "omnivae.data.polymnist",
     "omnivae.data.mnist_svhn",
+    "omnivae.data.toys",
+    "omnivae.data.mfeat",
+    "omnivae.data.celeba",
+    "omnivae.data.mhd",
 )
 
 

@@ -87,7 +87,8 @@ def linear_probe(
 
     Returns:
         ``{"per_subset": {"m0": acc, "m0+m1": acc, ...}, "by_size": {"1": acc, ...}}``
-        with accuracies in [0, 1].
+        with accuracies in [0, 1]; for multi-label data (labels ``[N, A]``, CelebA), the
+        mean average precision over attributes of one regression per attribute.
 
     Raises:
         DataError: if a split has no labels, or a subset's training rows hold one class.
@@ -112,10 +113,17 @@ def linear_probe(
         train_means, train_valid = _subset_means(model, train, subsets, batch_size, device)
         test_means, test_valid = _subset_means(model, test, subsets, batch_size, device)
 
+    multilabel = train_labels.ndim == 2
     per_subset: dict[str, float] = {}
     for index, key in enumerate(keys):
         fit_rows, score_rows = train_valid[index], test_valid[index]
         if not score_rows.any():
+            continue
+        features = train_means[index][fit_rows]
+        if multilabel:
+            per_subset[key] = _multilabel_probe(
+                features, train_labels[fit_rows], test_means[index][score_rows], test_labels[score_rows], max_iter, seed
+            )
             continue
         targets = train_labels[fit_rows]
         if np.unique(targets).size < 2:
@@ -124,7 +132,30 @@ def linear_probe(
                 "classes; use more training rows (num_train) or a split with several classes"
             )
         classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed))
-        classifier.fit(train_means[index][fit_rows], targets)
+        classifier.fit(features, targets)
         predicted = classifier.predict(test_means[index][score_rows])
         per_subset[key] = float(np.mean(predicted == test_labels[score_rows]))
     return {"per_subset": per_subset, "by_size": mean_by_size(per_subset)}
+
+
+def _multilabel_probe(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, max_iter: int, seed: int
+) -> float:
+    """Mean average precision of one logistic regression per attribute (CelebA's protocol:
+    MoPoE scores its 40 attributes by average precision). Attributes with a single class
+    in either split are skipped, as their precision is undefined."""
+    from sklearn.metrics import average_precision_score
+
+    scaler = StandardScaler().fit(train_x)
+    train_x, test_x = scaler.transform(train_x), scaler.transform(test_x)
+    scores = []
+    for column in range(train_y.shape[1]):
+        fit_target = train_y[:, column] > 0
+        test_target = test_y[:, column] > 0
+        if fit_target.all() or not fit_target.any() or test_target.all() or not test_target.any():
+            continue
+        classifier = LogisticRegression(max_iter=max_iter, random_state=seed).fit(train_x, fit_target)
+        scores.append(average_precision_score(test_target, classifier.decision_function(test_x)))
+    if not scores:
+        raise DataError("no attribute has both classes in the probe's training and test rows; use more rows")
+    return float(np.mean(scores))

@@ -122,6 +122,9 @@ def latent_map(embeddings: Tensor, labels: Tensor | None, path: Path, title: str
     points = embeddings.detach().double().cpu().numpy()
     projected = PCA(n_components=2, random_state=0).fit_transform(points) if points.shape[1] > 2 else points
     fig, ax = plt.subplots(figsize=(5, 4.4))
+    if labels is not None and labels.dim() > 1:  # multi-label (CelebA): colour by the first attribute
+        label_names = [f"not {label_names[0]}", label_names[0]] if label_names else None
+        labels = (labels[:, 0] > 0).long()
     if labels is None:
         ax.scatter(projected[:, 0], projected[:, 1], s=4, alpha=0.7)
     else:
