@@ -45,6 +45,25 @@ _AUTO_LIKELIHOOD = {
     "binary": "bernoulli",
     "categorical": "categorical",
 }
+
+
+def auto_likelihood(spec: ModalitySpec) -> str:
+    """The default likelihood of a modality: Laplace for colour images (MMVAE, MoPoE),
+    Bernoulli for single-channel images, Gaussian for vectors, Bernoulli for binary and
+    categorical for one-hot data.
+
+    Single-channel images are mostly sparse strokes (MNIST, Fashion-MNIST, shapes). There
+    the Laplace likelihood's optimum is the per-pixel median, which is black for every
+    pixel that is inked less than half the time given z: measured on ``mnist-text``, a
+    MoPoE decoder trained 15 epochs with Laplace output images of mean intensity 0.006
+    (the data's is 0.13) and every conditional generation was classified as one digit.
+    The Bernoulli likelihood's optimum is the mean, so strokes appear from the start.
+    """
+    if spec.kind == "image" and len(spec.shape) == 3 and spec.shape[0] == 1:
+        return "bernoulli"
+    return _AUTO_LIKELIHOOD[spec.kind]
+
+
 _IMAGE_BACKBONES = {
     "conv": (ConvEncoder28, ConvDecoder28),
     "resnet": (ResNetEncoder28, ResNetDecoder28),
@@ -205,9 +224,7 @@ def build_decoder(
     if scale is not None and not scale > 0:
         raise UserError(f"the likelihood scale must be positive, not {scale}")
     shape = tuple(spec.shape)
-    head = _HEADS[_AUTO_LIKELIHOOD[spec.kind] if likelihood == "auto" else likelihood](
-        spec, scale, learn_scale
-    )
+    head = _HEADS[auto_likelihood(spec) if likelihood == "auto" else likelihood](spec, scale, learn_scale)
     body: nn.Module
     if name in _IMAGE_BACKBONES:
         body = _IMAGE_BACKBONES[name][1](latent_dim, shape[0])
