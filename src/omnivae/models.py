@@ -2,29 +2,52 @@
 
 A model is :class:`MultimodalVAE`: one encoder and one decoder per modality, an
 aggregator, a prior and likelihood weights. A named method (``poe``, ``moe``, ``mopoe``,
-``wb``, ``mwb``) is a :class:`Recipe`: which aggregator, prior and objective to use. Any
-recipe takes another aggregator by name, so aggregation is swapped, not re-implemented.
+``wb``, ``mwb``, ``jmvae``, ``mvtcae``) is a :class:`Recipe`: which aggregator, prior and
+objective to use, and, for a method with more networks (JMVAE's joint encoder), which
+model class to assemble. Any recipe takes another aggregator by name, so aggregation is
+swapped, not re-implemented.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
+from functools import partial
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Independent, Normal, constraints
 
 from omnivae.configs import check_field_types
-from omnivae.aggregators import AGGREGATORS, Aggregator, build_aggregator
+from omnivae.aggregators import AGGREGATORS, Aggregator, ProductOfExperts, build_aggregator
 from omnivae.data.base import ModalitySpec
-from omnivae.distributions import GaussianExperts, SubsetMixture
+from omnivae.distributions import GaussianExperts, SubsetMixture, diagonal_normal
 from omnivae.errors import DataError, UserError, unknown_name
-from omnivae.nn import build_decoder, build_encoder
-from omnivae.objectives import ELBO, MixtureELBO, Objective, StratifiedIWAE, SubsampledELBO
+from omnivae.nn import JOINT_ENCODERS, JointEncoder, build_decoder, build_encoder, build_joint_encoder
+from omnivae.objectives import (
+    ELBO,
+    JMVAEKL,
+    MVTCAE,
+    MixtureELBO,
+    Objective,
+    StratifiedIWAE,
+    SubsampledELBO,
+)
 from omnivae.priors import PRIORS
 
-__all__ = ["MultimodalVAE", "ModelConfig", "Recipe", "MODELS", "build_model", "model_table"]
+__all__ = [
+    "MultimodalVAE",
+    "JointEncoderVAE",
+    "PriorDividedProduct",
+    "RowwiseChoice",
+    "ModelConfig",
+    "ModelParts",
+    "Recipe",
+    "MODELS",
+    "build_model",
+    "model_table",
+]
 
 
 class MultimodalVAE(nn.Module):
@@ -126,6 +149,17 @@ class MultimodalVAE(nn.Module):
 
     def prior(self) -> Distribution:
         return self.prior_module()
+
+    def joint_posterior(self, x: dict[str, Tensor], mask: dict[str, Tensor] | Tensor | None = None) -> Distribution:
+        """The training posterior q(z | X) used as the importance-sampling proposal.
+
+        For an aggregated model it is the aggregator's training posterior of the observed
+        modalities (the proposal of Burda et al. 2016, Eq. 8, as MMVAE's and MultiVae's
+        likelihoods use it); a model with a joint encoder overrides it. The result
+        supports ``rsample``/``sample`` with a sample shape and ``log_prob``.
+        """
+        mask_tensor = self.stack_mask(x, mask)
+        return self.aggregate(self.encode_experts(x, mask_tensor), mask_tensor)
 
     def encode(self, x: dict[str, Tensor], mask: dict[str, Tensor] | Tensor | None = None) -> Distribution:
         """The posterior given the observed modalities, for representation and generation."""
@@ -265,9 +299,239 @@ class MultimodalVAE(nn.Module):
         return out
 
 
+class PriorDividedProduct(Aggregator):
+    r"""The subset posterior of JNF's Eq. 12 (Senellart et al.), used by JMVAE for subsets.
+
+    q(z | x_S) ∝ prod_{j in S} q(z | x_j) / p(z)^(|S|-1): the true posterior factorises
+    this way when the modalities are independent given z (Eq. 11-12), and the unimodal
+    encoders stand in for p(z | x_j). For Gaussian experts N(mu_j, diag sigma_j^2) and the
+    prior N(0, I) it is Gaussian in closed form, with per-dimension
+
+        precision = sum_{j in S} 1/sigma_j^2 - (|S| - 1),
+        mean = (sum_{j in S} mu_j / sigma_j^2) / precision.
+
+    For |S| = 1 it is the expert itself, and an expert equal to the prior leaves the
+    product unchanged. The precision is not positive when the experts are together broader
+    than the prior (e.g. |S| experts of variance above |S|/(|S|-1) in a dimension); the
+    product is then not normalisable, and the precision is clamped to ``min_precision``
+    (the variance to at most 1/min_precision) so that sampling and densities stay finite.
+    The clamp has zero gradient; it is reached only by such broad experts.
+
+    Unlike the product of experts with a prior expert (MVAE, ``poe``), which multiplies the
+    prior in once, this divides it out |S| - 1 times. The JNF paper samples this density
+    with HMC for flows (Sec. 3.3); with Gaussian experts, as in its JMVAE baseline
+    (App. E.2, "the PoE sampling solution"), no sampler is needed.
+
+    Args:
+        min_precision: Floor of the per-dimension precision.
+
+    Example:
+        >>> experts = GaussianExperts(torch.zeros(2, 1, 3), torch.full((2, 1, 3), 0.5))
+        >>> q = PriorDividedProduct()(experts, torch.ones(2, 1, dtype=torch.bool))
+        >>> q.full_component().variance.reciprocal().round().tolist()  # 4 + 4 - 1
+        [[7.0, 7.0, 7.0]]
+    """
+
+    def __init__(self, min_precision: float = 1e-2) -> None:
+        super().__init__()
+        if not min_precision > 0:
+            raise UserError(f"min_precision must be positive, got {min_precision}")
+        self.min_precision = min_precision
+
+    def combine(self, experts: GaussianExperts, mask: Tensor) -> Distribution:
+        if not experts.is_diagonal:
+            raise UserError("the product over the prior needs diagonal covariances; use --covariance diag")
+        m = mask.unsqueeze(-1)
+        dtype, device = experts.loc.dtype, experts.loc.device
+        zero = torch.zeros((), dtype=dtype, device=device)
+        # Masked experts are replaced before 1/var, so they get exactly zero gradient.
+        var = torch.where(m, experts.var, torch.ones((), dtype=dtype, device=device))
+        precision = torch.where(m, var.reciprocal(), zero)
+        eta = (torch.where(m, experts.loc, zero) * precision).sum(0)
+        count = mask.sum(0).to(dtype).unsqueeze(-1)
+        # A row with no expert gets 0 - (0 - 1) = 1: the prior, N(0, I).
+        total = (precision.sum(0) - (count - 1)).clamp_min(self.min_precision)
+        out_var = total.reciprocal()
+        return diagonal_normal(eta * out_var, out_var.sqrt())
+
+
+class RowwiseChoice(Distribution):
+    """Per batch element, one of two distributions: ``first`` where ``choose``, else ``second``.
+
+    A model with a joint encoder (:class:`JointEncoderVAE`) uses its joint posterior on
+    fully observed rows and a subset posterior elsewhere; the two may be of different
+    kinds (a Gaussian and a mixture). Both are sampled and scored in every row and
+    :func:`torch.where` keeps one, so the unused one gets zero gradient.
+
+    Args:
+        choose: ``BoolTensor[*B]``.
+        first: Distribution with batch ``[*B]`` (or broadcastable to it).
+        second: Distribution with batch ``[*B]`` and the same event shape.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, choose: Tensor, first: Distribution, second: Distribution) -> None:
+        self.choose = choose
+        self.first = first
+        self.second = second
+        super().__init__(batch_shape=choose.shape, event_shape=first.event_shape, validate_args=False)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        sample_shape = torch.Size(sample_shape)
+        a, b = self.first.rsample(sample_shape), self.second.rsample(sample_shape)
+        return torch.where(self.choose.unsqueeze(-1), a, b)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return torch.where(self.choose, self.first.log_prob(value), self.second.log_prob(value))
+
+    @property
+    def mean(self) -> Tensor:
+        return torch.where(self.choose.unsqueeze(-1), self.first.mean, self.second.mean)
+
+
+def _normal_parameters(dist: Distribution) -> tuple[Tensor, Tensor]:
+    """``(loc, scale)`` of a diagonal Gaussian :class:`Independent` (``Normal``) distribution."""
+    if isinstance(dist, Independent) and isinstance(dist.base_dist, Normal):
+        return dist.base_dist.loc, dist.base_dist.scale
+    raise UserError(
+        f"a joint-encoder model needs diagonal Gaussian subset posteriors, got {type(dist).__name__}; "
+        "use --covariance diag"
+    )
+
+
+class JointEncoderVAE(MultimodalVAE):
+    """A multimodal VAE with a joint encoder q(z | X) beside the unimodal ones (JMVAE).
+
+    JMVAE (Suzuki et al. 2016) encodes the complete observation X with its own network,
+    :class:`~omnivae.nn.JointEncoder`, and trains unimodal encoders q(z | x_m) to match
+    it (:class:`~omnivae.objectives.JMVAEKL`). Instead of a network per subset, proper
+    subsets use the aggregator over the unimodal experts: for the ``jmvae`` recipe the
+    product over the prior of the JNF paper, Eq. 12 (:class:`PriorDividedProduct`; App.
+    E.2, "the PoE sampling solution").
+
+    Posterior used, per row:
+
+    - every modality observed: the joint encoder, for training, :meth:`encode`,
+      :meth:`subset_posteriors` (the full set) and :meth:`joint_posterior`;
+    - some modality missing: the aggregator over the observed experts, its inference
+      posterior (:meth:`Aggregator.infer`) for :meth:`encode` and
+      :meth:`subset_posteriors`, its training posterior for :meth:`joint_posterior`,
+      and one drawn component of it for training (the whole posterior for Eq. 12).
+
+    Args:
+        modalities, encoders, decoders, aggregator, prior, likelihood_weights,
+        covariance_rank: As for :class:`MultimodalVAE`.
+        joint_encoder: ``joint_encoder(x) -> (loc [B, D], scale [B, D])`` from every modality.
+    """
+
+    def __init__(
+        self,
+        modalities: Sequence[ModalitySpec],
+        encoders: nn.ModuleDict,
+        decoders: nn.ModuleDict,
+        aggregator: Aggregator,
+        prior: nn.Module,
+        joint_encoder: JointEncoder,
+        likelihood_weights: dict[str, float] | None = None,
+        covariance_rank: int = 0,
+    ) -> None:
+        super().__init__(modalities, encoders, decoders, aggregator, prior, likelihood_weights, covariance_rank)
+        self.joint_encoder = joint_encoder
+
+    def has_every_modality(self, x: dict[str, Tensor]) -> bool:
+        """Whether ``x`` holds every modality, so the joint encoder can run at all."""
+        return all(name in x for name in self.names)
+
+    def encode_joint(self, x: dict[str, Tensor]) -> Independent:
+        """The joint encoder's q(z | X), batch ``[B]`` (Suzuki et al. 2016; JNF paper, Sec. 3.1)."""
+        loc, scale = self.joint_encoder(x)
+        return diagonal_normal(loc, scale)
+
+    def _with_joint(self, x: dict[str, Tensor], full: Tensor, other: Distribution) -> Distribution:
+        """``other`` with the joint posterior in the rows (of batch ``full.shape``) where ``full``."""
+        if not self.has_every_modality(x):
+            return other
+        loc, scale = self.joint_encoder(x)
+        shape = (*full.shape, loc.shape[-1])
+        return RowwiseChoice(full, diagonal_normal(loc.expand(shape), scale.expand(shape)), other)
+
+    def training_posterior(self, x: dict[str, Tensor], mask: Tensor) -> tuple[Independent, GaussianExperts]:
+        """q(z | X) of the training objective, one diagonal Gaussian per row, and the experts.
+
+        Fully observed rows take the joint encoder; the others a component of the
+        aggregator's posterior of their observed experts (JNF paper, Eq. 12, for the
+        ``jmvae`` recipe). One pass of every encoder.
+
+        Returns:
+            The posterior (batch ``[B]``) and the unimodal experts ``[M, B, D]``.
+        """
+        experts = self.encode_experts(x, mask)
+        loc, scale = _normal_parameters(self.aggregate(experts, mask).sample_component())
+        if self.has_every_modality(x):
+            joint_loc, joint_scale = self.joint_encoder(x)
+            full = mask.all(0).unsqueeze(-1)
+            loc = torch.where(full, joint_loc, loc)
+            scale = torch.where(full, joint_scale, scale)
+        return diagonal_normal(loc, scale), experts
+
+    def joint_posterior(self, x: dict[str, Tensor], mask: dict[str, Tensor] | Tensor | None = None) -> Distribution:
+        """The training posterior q(z | X) used as the importance-sampling proposal.
+
+        The joint encoder on fully observed rows (as MultiVae's JMVAE likelihood; peer
+        protocols, "Test log-likelihood"), the aggregator's posterior of the observed
+        experts (Eq. 12 for ``jmvae``) on the others.
+        """
+        mask_tensor = self.stack_mask(x, mask)
+        experts = self.encode_experts(x, mask_tensor)
+        return self._with_joint(x, mask_tensor.all(0), self.aggregate(experts, mask_tensor))
+
+    def encode(self, x: dict[str, Tensor], mask: dict[str, Tensor] | Tensor | None = None) -> Distribution:
+        """The posterior given the observed modalities: the joint encoder when all are observed."""
+        mask_tensor = self.stack_mask(x, mask)
+        if not bool(mask_tensor.any(0).all()):
+            raise DataError("every row needs at least one observed modality to encode")
+        experts = self.encode_experts(x, mask_tensor)
+        return self._with_joint(x, mask_tensor.all(0), self.aggregator.infer(experts, mask_tensor))
+
+    def subset_posteriors(
+        self, x: dict[str, Tensor], subsets: Tensor, mask: dict[str, Tensor] | Tensor | None = None
+    ) -> Distribution:
+        """Inference posteriors for many subsets: one pass of each unimodal encoder and one joint pass.
+
+        The full set (where fully observed) uses the joint encoder; other subsets the
+        aggregator (JNF paper, Eq. 12, for ``jmvae``). Arguments and batch shape
+        ``[S, B]`` as for :meth:`MultimodalVAE.subset_posteriors`.
+        """
+        observed = self.stack_mask(x, mask)
+        experts = self.encode_experts(x, observed)
+        masks = subsets.t().unsqueeze(-1).to(observed.device) & observed.unsqueeze(1)  # [M, S, B]
+        if not bool(masks.any(0).all()):
+            raise DataError("a subset has no observed modality in some row; every posterior needs one")
+        inferred = self.aggregator.infer(experts.expand_samples(torch.Size([subsets.shape[0]])), masks)
+        return self._with_joint(x, masks.all(0), inferred)
+
+
 @dataclass
 class ModelConfig:
-    """Everything needed to rebuild a model; stored as JSON in the run directory."""
+    """Everything needed to rebuild a model; stored as JSON in the run directory.
+
+    Fields added later have defaults, so a stored configuration without them still loads
+    (:meth:`from_json`). Method-specific ones:
+
+    - ``alpha``: JMVAE-kl's weight of sum_m KL(q(z | X) || q(z | x_m)) (0.1, Suzuki et
+      al. 2016 and the JNF paper, App. E).
+    - ``tc_ratio``: MVTCAE's alpha in [0, 1] (5/6, Hwang et al. 2021 and the JNF paper,
+      App. E.2). A separate field from ``alpha`` because the defaults differ.
+    - ``joint_encoder``: JMVAE's joint encoder, ``"heads"`` (heads and a merging MLP) or
+      ``"concat"`` (heads only), see :func:`omnivae.nn.build_joint_encoder`.
+    """
 
     model: str = "mwb"
     aggregator: str | None = None
@@ -283,6 +547,9 @@ class ModelConfig:
     dreg: bool = False
     num_random_subsets: int = 0
     prior: str = "normal"
+    alpha: float = 0.1
+    tc_ratio: float = 5 / 6
+    joint_encoder: str = "heads"
 
     def validate(self) -> None:
         check_field_types(self)
@@ -302,6 +569,14 @@ class ModelConfig:
             raise unknown_name("covariance", self.covariance, ["diag", "lowrank"])
         if self.covariance == "lowrank" and self.rank < 1:
             raise UserError(f"the covariance rank must be >= 1, got {self.rank}")
+        if not (self.alpha >= 0 and math.isfinite(self.alpha)):
+            raise UserError(
+                f"alpha (JMVAE's weight of the unimodal KL terms) must be finite and >= 0, got {self.alpha}"
+            )
+        if not 0 <= self.tc_ratio <= 1:
+            raise UserError(f"tc_ratio (MVTCAE's alpha) must lie in [0, 1], got {self.tc_ratio}")
+        if self.joint_encoder not in JOINT_ENCODERS:
+            raise unknown_name("joint encoder", self.joint_encoder, JOINT_ENCODERS)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -310,6 +585,23 @@ class ModelConfig:
     def from_json(cls, obj: dict) -> "ModelConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in obj.items() if k in known})
+
+
+@dataclass
+class ModelParts:
+    """The parts :func:`build_model` makes for every recipe, before a model class assembles them.
+
+    Attributes:
+        encoders, decoders, aggregator, prior, likelihood_weights, covariance_rank: The
+            arguments of :class:`MultimodalVAE` of the same names.
+    """
+
+    encoders: nn.ModuleDict
+    decoders: nn.ModuleDict
+    aggregator: Aggregator
+    prior: nn.Module
+    likelihood_weights: dict[str, float] | None
+    covariance_rank: int
 
 
 @dataclass(frozen=True)
@@ -323,6 +615,35 @@ class Recipe:
     objective: Callable[[ModelConfig], Objective]
     warmup_epochs: float = 0.0
     """KL warm-up the method's paper trains with; the trainer uses it unless told otherwise."""
+    aggregator_factory: Callable[[], Aggregator] | None = None
+    """Builds the method's own aggregator when its options differ from the registry's
+    defaults (used when ``--aggregator`` is unset or names ``aggregator``); None builds
+    ``aggregator`` by name."""
+    build: Callable[[ModelConfig, Sequence[ModalitySpec], ModelParts], MultimodalVAE] | None = None
+    """Assembles the model from the shared parts (a method with extra networks); None
+    gives a plain :class:`MultimodalVAE`."""
+
+
+def _build_joint_encoder_vae(
+    config: ModelConfig, modalities: Sequence[ModalitySpec], parts: ModelParts
+) -> JointEncoderVAE:
+    """JMVAE's model: the shared parts plus a joint encoder (JNF paper, App. E)."""
+    if config.covariance != "diag":
+        raise UserError(
+            f"{config.model}'s joint encoder and subset posteriors are diagonal Gaussians; use --covariance diag"
+        )
+    if config.prior != "normal":
+        raise UserError(
+            f"{config.model}'s subset posterior (JNF paper, Eq. 12) is in closed form for the standard "
+            "normal prior only; use --prior normal"
+        )
+    joint = build_joint_encoder(
+        modalities, config.latent_dim, backbone=config.backbone, hidden=config.hidden, variant=config.joint_encoder
+    )
+    return JointEncoderVAE(
+        modalities, parts.encoders, parts.decoders, parts.aggregator, parts.prior, joint,
+        parts.likelihood_weights, parts.covariance_rank,
+    )
 
 
 MODELS: dict[str, Recipe] = {
@@ -351,6 +672,24 @@ MODELS: dict[str, Recipe] = {
         Recipe(
             "mwb", "MWB-VAE (mixture of Wasserstein barycenters)", "Qiu et al., AAAI 2025; Remark 3", "mwb",
             lambda c: MixtureELBO(beta=c.beta),
+        ),
+        Recipe(
+            "jmvae", "JMVAE-KL (joint encoder; subsets: PoE / prior, Eq. 12)",
+            "Suzuki et al., arXiv 2016; JNF paper, Eq. 12", "poe",
+            lambda c: JMVAEKL(beta=c.beta, alpha=c.alpha),
+            # MultiVae's JMVAE default; the JNF paper warms up over 100 epochs of its long runs.
+            warmup_epochs=10.0,
+            aggregator_factory=PriorDividedProduct,
+            build=_build_joint_encoder_vae,
+        ),
+        Recipe(
+            "mvtcae", "MVTCAE (PoE without prior expert)", "Hwang et al., NeurIPS 2021", "poe",
+            lambda c: MVTCAE(beta=c.beta, tc_ratio=c.tc_ratio),
+            # No prior expert, as MultiVae (the implementation of the JNF paper's comparison):
+            # the prior already enters through (1 - alpha) KL(q || p), and the KL terms to each
+            # q(z | x_m) then compare q with a product of those experts alone. The original
+            # code (built on MoPoE's) multiplies N(0, I) into the full-set product.
+            aggregator_factory=partial(ProductOfExperts, prior_expert=False),
         ),
     ]
 }
@@ -385,11 +724,19 @@ def build_model(config: ModelConfig, modalities: Sequence[ModalitySpec]) -> tupl
             for m in modalities
         }
     )
-    aggregator = build_aggregator(config.aggregator or recipe.aggregator)
+    name = config.aggregator or recipe.aggregator
+    if name == recipe.aggregator and recipe.aggregator_factory is not None:
+        aggregator = recipe.aggregator_factory()
+    else:
+        aggregator = build_aggregator(name)
     prior = PRIORS[config.prior](config.latent_dim)
     weights = likelihood_rescaling(modalities) if config.rescale_likelihoods else None
     rank = config.rank if config.covariance == "lowrank" else 0
-    model = MultimodalVAE(modalities, encoders, decoders, aggregator, prior, weights, rank)
+    parts = ModelParts(encoders, decoders, aggregator, prior, weights, rank)
+    if recipe.build is not None:
+        model = recipe.build(config, modalities, parts)
+    else:
+        model = MultimodalVAE(modalities, encoders, decoders, aggregator, prior, weights, rank)
     return model, recipe.objective(config)
 
 

@@ -89,7 +89,7 @@ def joint_log_likelihood(
     """Importance-sampled log p(X) with the model's joint posterior as proposal.
 
     log p(X) ~= log (1/K) sum_k p(X | z_k) p(z_k) / q(z_k | X), z_k ~ q(z | X), where
-    q(z | X) is the aggregator's training posterior ``model.aggregate(...)`` (Burda et al.
+    q(z | X) is the model's training posterior ``model.joint_posterior(...)`` (Burda et al.
     2016, Eq. 8; the protocol of MultiVae, and MMVAE's ``m_iwae``, Shi et al. 2019) and
     log p(X | z) = sum_m log p(x_m | z) with unit weights. For mixtures, q's density is the
     exact mixture density. On partially observed data X is the observed modalities of
@@ -119,7 +119,7 @@ def joint_log_likelihood(
         for batch in eval_batches(data, batch_size, device):
             x = model_inputs(model, batch)
             observed = model.stack_mask(x, batch.mask)  # [M, B]
-            posterior = model.aggregate(model.encode_experts(x, observed), observed)
+            posterior = model.joint_posterior(x, observed)
             parts = []
             for k in _chunks(num_samples, chunk):
                 z = posterior.sample(torch.Size([k]))  # [k, B, D]

@@ -30,10 +30,12 @@ from omnivae.nn.heads import (
     LikelihoodHead,
     soft_clamp,
 )
+from omnivae.nn.joint import JOINT_ENCODERS, JointEncoder, build_joint_encoder
 
 __all__ = [
     "BACKBONES",
     "COVARIANCES",
+    "JOINT_ENCODERS",
     "LIKELIHOODS",
     "MLP",
     "BernoulliHead",
@@ -43,6 +45,7 @@ __all__ = [
     "Decoder",
     "GaussianEncoder",
     "GaussianHead",
+    "JointEncoder",
     "LaplaceHead",
     "LikelihoodHead",
     "ResNetDecoder28",
@@ -50,5 +53,6 @@ __all__ = [
     "ResidualBlock",
     "build_decoder",
     "build_encoder",
+    "build_joint_encoder",
     "soft_clamp",
 ]
