@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 from helpers import NAMES, tiny_batch, tiny_config, tiny_splits
 from omnivae.errors import RunDirError, UserError
 from omnivae.models import build_model
+from omnivae.objectives import Objective
+from omnivae.stages import Stage
 from omnivae.train import (
     LinearWarmup,
     TrainConfig,
@@ -432,3 +434,74 @@ def test_train_config_validation(splits, tmp_path, overrides, pattern):
     with pytest.raises(UserError, match=pattern):
         train(tiny_config("wb"), _train_config(**overrides), splits, "tiny", tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+# -- staged training ----------------------------------------------------------------------
+class _DecoderRefit(Objective):
+    """A two-stage schedule for the tests: the whole model, then only the decoders."""
+
+    def __init__(self, inner: Objective) -> None:
+        self.inner = inner
+
+    def __call__(self, model, x, mask, kl_weight=1.0):
+        return self.inner(model, x, mask, kl_weight)
+
+    def stages(self, epochs):
+        return (
+            Stage("joint", self.inner, epochs),
+            Stage("decoders", self.inner, 1, parameters=lambda m: m.decoders.parameters(), warmup=False),
+        )
+
+
+def _staged(splits, run=None, **train_overrides):
+    torch.manual_seed(0)
+    model, objective = build_model(tiny_config("mwb"), splits.modalities)
+    config = _train_config(**{"epochs": 2, **train_overrides})
+    return Trainer(model, _DecoderRefit(objective), splits.train, config, run, splits.test, {"model": {}})
+
+
+def test_a_later_stage_trains_only_its_parameters_with_a_fresh_optimizer(splits):
+    trainer = _staged(splits)
+    first_stage_optimizer = trainer.optimizer
+    trainer.config.epochs = 2
+    while trainer.epoch < 2:
+        trainer._run_epoch()
+    encoders = {k: v.clone() for k, v in trainer.model.encoders.state_dict().items()}
+    decoders = {k: v.clone() for k, v in trainer.model.decoders.state_dict().items()}
+    trainer.fit()  # runs the remaining stage
+    assert trainer.epoch == trainer.total_epochs == 3
+    assert trainer.optimizer is not first_stage_optimizer
+    assert all(torch.equal(v, trainer.model.encoders.state_dict()[k]) for k, v in encoders.items())
+    assert not all(torch.equal(v, trainer.model.decoders.state_dict()[k]) for k, v in decoders.items())
+    assert [r.get("stage") for r in trainer.history] == ["joint", "joint", "decoders"]
+    fresh = _staged(splits)
+    assert fresh._epoch_label() == "stage 1/2 (joint) epoch 1/2"
+    fresh.epoch = 2
+    fresh._enter_stage(1)
+    assert fresh._epoch_label() == "stage 2/2 (decoders) epoch 1/1"
+
+
+def test_resume_inside_a_later_stage_is_exact(splits, tmp_path, monkeypatch):
+    straight = _staged(splits, tmp_path / "straight")
+    straight.fit()
+    run = tmp_path / "run"
+    original = Trainer.train_step
+    calls = {"n": 0}
+    steps_per_epoch = straight.steps_per_epoch
+
+    def interrupted_step(self, x, mask):
+        terms = original(self, x, mask)
+        calls["n"] += 1
+        if calls["n"] == 2 * steps_per_epoch + 1:  # one step into the second stage
+            self._stop_signal = signal.SIGTERM
+        return terms
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted_step)
+    with pytest.raises(TrainingInterrupted):
+        _staged(splits, run).fit()
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert json.loads((run / "state.json").read_text())["stage"] == 1
+    resumed = _staged(splits, run)
+    resumed.load(run)
+    resumed.fit()
+    _assert_same_parameters(_final_state(resumed), _final_state(straight))

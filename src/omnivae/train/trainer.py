@@ -26,6 +26,7 @@ from omnivae.errors import RunDirError, UserError
 from omnivae.configs import check_field_types
 from omnivae.models import MultimodalVAE
 from omnivae.objectives import Objective
+from omnivae.stages import Stage
 from omnivae.train.checkpoint import (
     FORMAT,
     atomic_save_tensors,
@@ -149,7 +150,10 @@ class Trainer:
         self.test_data = None if test_data is None else test_data.to(self.device)
         self.run_dir = None if run_dir is None else Path(run_dir)
         self.run_config = run_config or {}
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
+        self.stage_index = -1
+        self.stage_start_step = 0
+        self.optimizer: torch.optim.Optimizer
+        self._enter_stage(0)
         self.schedules: dict[str, Callable[[int, int], float]] = {
             "kl_weight": LinearWarmup(config.warmup_epochs)
         }
@@ -165,11 +169,50 @@ class Trainer:
     def steps_per_epoch(self) -> int:
         return self.train_data.num_batches(self.config.batch_size)
 
+    # -- stages --------------------------------------------------------------------------
+    @property
+    def stages(self) -> tuple[Stage, ...]:
+        """The method's schedule (``Objective.stages``) for the configured epochs; a plain
+        callable objective is one stage over every parameter."""
+        if isinstance(self.objective, Objective):
+            return tuple(self.objective.stages(self.config.epochs))
+        return (Stage("train", self.objective, self.config.epochs),)
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(stage.epochs for stage in self.stages)
+
+    def stage_at(self, epoch: int) -> int:
+        """The index of the stage that epoch ``epoch`` (0-based) belongs to."""
+        end = 0
+        for index, stage in enumerate(self.stages):
+            end += stage.epochs
+            if epoch < end:
+                return index
+        return len(self.stages) - 1
+
+    @property
+    def stage(self) -> Stage:
+        return self.stages[self.stage_index]
+
+    def _enter_stage(self, index: int) -> None:
+        """Freeze everything the stage does not train and give it a fresh Adam."""
+        stage = self.stages[index]
+        trainable = list(stage.parameters(self.model))
+        chosen = {id(p) for p in trainable}
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(id(parameter) in chosen)
+        self.optimizer = torch.optim.Adam(trainable, lr=self.config.lr)
+        self.stage_index = index
+        self.stage_start_step = sum(s.epochs for s in self.stages[:index]) * self.steps_per_epoch
+
     # -- the loop ------------------------------------------------------------------------
     def train_step(self, x: dict[str, Tensor], mask: Tensor) -> dict[str, Tensor]:
         """One optimisation step; returns detached terms (no host synchronisation)."""
-        kl_weight = self.schedules["kl_weight"](self.global_step, self.steps_per_epoch)
-        out = self.objective(self.model, x, mask, kl_weight)
+        stage = self.stage
+        step = self.global_step - self.stage_start_step if stage.warmup else self.global_step
+        kl_weight = self.schedules["kl_weight"](step, self.steps_per_epoch)
+        out = stage.objective(self.model, x, mask, kl_weight)
         self.optimizer.zero_grad(set_to_none=True)
         out.loss.backward()
         self.optimizer.step()
@@ -178,12 +221,15 @@ class Trainer:
         return terms
 
     def fit(self) -> list[dict]:
-        """Train until ``config.epochs``; resumes from the loaded state if any."""
+        """Train every stage to its end; resumes from the loaded state if any."""
         if self.run_dir is not None:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.run_dir / "config.json", self.full_config())
         with self._catch_signals():
-            while self.epoch < self.config.epochs:
+            while self.epoch < self.total_epochs:
+                index = self.stage_at(self.epoch)
+                if index != self.stage_index:
+                    self._enter_stage(index)
                 self._run_epoch()
         if self.run_dir is not None:
             self.save()
@@ -201,10 +247,11 @@ class Trainer:
         totals: dict[str, Tensor] = {}
         steps = 0
         started = time.perf_counter()
+        label = self._epoch_label()
         bar = tqdm(
             total=self.steps_per_epoch,
             initial=self.step_in_epoch,
-            desc=f"epoch {self.epoch + 1}/{config.epochs}",
+            desc=label,
             disable=not config.progress,
             leave=False,
             dynamic_ncols=True,
@@ -226,7 +273,9 @@ class Trainer:
                 self._interrupt()
         bar.close()
         seconds = time.perf_counter() - started
-        record = {"epoch": self.epoch + 1, "step": self.global_step}
+        record: dict = {"epoch": self.epoch + 1, "step": self.global_step}
+        if len(self.stages) > 1:
+            record["stage"] = self.stage.name
         record.update({f"train_{k}": float(v / max(steps, 1)) for k, v in totals.items()})
         if not all(math.isfinite(v) for k, v in record.items() if k.startswith("train_")):
             raise FloatingPointError(
@@ -244,12 +293,23 @@ class Trainer:
         if config.progress:
             shown = {k: v for k, v in record.items() if k in ("train_loss", "test_loss")}
             tqdm.write(
-                f"epoch {record['epoch']}/{config.epochs}  "
+                f"{label}  "
                 + "  ".join(f"{k} {v:.4g}" for k, v in shown.items())
                 + f"  ({seconds:.1f} s)"
             )
         if self.run_dir is not None:
             self.save()
+
+    def _epoch_label(self) -> str:
+        """``epoch 3/10``, or ``stage 2/2 (unimodal posteriors) epoch 3/10`` for staged methods."""
+        stages = self.stages
+        if len(stages) == 1:
+            return f"epoch {self.epoch + 1}/{stages[0].epochs}"
+        start = sum(s.epochs for s in stages[: self.stage_index])
+        return (
+            f"stage {self.stage_index + 1}/{len(stages)} ({self.stage.name}) "
+            f"epoch {self.epoch - start + 1}/{self.stage.epochs}"
+        )
 
     @torch.no_grad()
     def evaluate_loss(self, data: MultimodalDataset, batch_size: int | None = None) -> dict[str, float]:
@@ -259,7 +319,7 @@ class Trainer:
         count = 0
         for batch in data.batches(batch_size or self.config.batch_size):
             mask = self.model.stack_mask(batch.x, batch.mask)
-            out = self.objective(self.model, batch.x, mask, 1.0)
+            out = self.stage.objective(self.model, batch.x, mask, 1.0)
             n = len(batch)
             totals["loss"] = totals.get("loss", 0.0) + out.loss * n
             for key, value in out.terms.items():
@@ -327,7 +387,8 @@ class Trainer:
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step,
-            "finished": self.epoch >= self.config.epochs,
+            "finished": self.epoch >= self.total_epochs,
+            "stage": self.stage_index,
             "optimizer": optimizer_meta,
             "sha256": {"model.safetensors": model_sha, "state.safetensors": state_sha},
         }
@@ -345,6 +406,9 @@ class Trainer:
         except RuntimeError as err:
             raise RunDirError(f"{run_dir}: the checkpoint does not fit this model ({str(err).splitlines()[0]})") from None
         state = load_tensors(run_dir / "state.safetensors", checksums.get("state.safetensors"))
+        # The saved optimizer belongs to the stage the run stopped in (its last finished
+        # epoch's stage when it stopped at a boundary); rebuild that stage's first.
+        self._enter_stage(int(progress.get("stage", 0)))
         self.optimizer.load_state_dict(unflatten_optimizer(state, progress["optimizer"]))
         torch.set_rng_state(state["rng/torch"])
         if "rng/cuda" in state and self.device.type == "cuda":
