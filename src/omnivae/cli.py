@@ -71,6 +71,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prior", help="prior: normal or laplace (default normal)")
     p.add_argument("--alpha", type=float, help="jmvae: weight of the unimodal KL terms (default 0.1)")
     p.add_argument("--tc-ratio", type=float, help="mvtcae: total-correlation ratio alpha in [0, 1] (default 5/6)")
+    p.add_argument("--set", dest="set_options", action="append", metavar="KEY=VALUE",
+                   help="a method-specific option (repeatable); 'omnivae models' lists each method's options")
     p.add_argument("--joint-encoder", help="jmvae: heads (per-modality heads + merging MLP) or concat (default heads)")
     p.add_argument("--config", help="JSON file of defaults for these options (flags override it)")
     p.add_argument("--out", help="run directory (default runs/MODEL-DATASET-TIME)")
@@ -259,7 +261,29 @@ def _options(args: argparse.Namespace) -> dict:
             options[key] = value
     if isinstance(options.get("hidden"), str):
         options["hidden"] = _parse_hidden(options["hidden"])
+    sets = options.pop("set_options", None)
+    if sets:
+        method_options = dict(options.get("options") or {})
+        method_options.update(_parse_set(item) for item in sets)
+        options["options"] = method_options
     return options
+
+
+def _parse_set(item: str) -> tuple[str, object]:
+    """``"w_dim=16"`` -> ``("w_dim", 16)``: integers, numbers, true/false, else text."""
+    key, sep, text = item.partition("=")
+    key = key.strip().replace("-", "_")
+    if not sep or not key:
+        raise UserError(f"--set takes KEY=VALUE, got {item!r}")
+    text = text.strip()
+    if text.lower() in ("true", "false"):
+        return key, text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return key, kind(text)
+        except ValueError:
+            pass
+    return key, text
 
 
 def _parse_hidden(text: str) -> list[int]:

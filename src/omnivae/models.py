@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal, constraints
 
-from omnivae.configs import check_field_types
+from omnivae.configs import check_field_types, type_problem
 from omnivae.aggregators import AGGREGATORS, Aggregator, ProductOfExperts, build_aggregator
 from omnivae.data.base import ModalitySpec
 from omnivae.distributions import GaussianExperts, SubsetMixture, diagonal_normal
@@ -550,6 +550,9 @@ class ModelConfig:
     alpha: float = 0.1
     tc_ratio: float = 5 / 6
     joint_encoder: str = "heads"
+    options: dict = field(default_factory=dict)
+    """Method-specific settings (``--set KEY=VALUE``), checked against the recipe's
+    :attr:`Recipe.options`; read them with :meth:`option`."""
 
     def validate(self) -> None:
         check_field_types(self)
@@ -577,6 +580,20 @@ class ModelConfig:
             raise UserError(f"tc_ratio (MVTCAE's alpha) must lie in [0, 1], got {self.tc_ratio}")
         if self.joint_encoder not in JOINT_ENCODERS:
             raise unknown_name("joint encoder", self.joint_encoder, JOINT_ENCODERS)
+        known = MODELS[self.model].options
+        for key, value in self.options.items():
+            if key not in known:
+                listed = ", ".join(sorted(known)) or "none"
+                raise UserError(f"{self.model} has no option {key!r}; its options are: {listed}")
+            wanted = type_problem(value, known[key])
+            if wanted is not None:
+                raise UserError(f"option {key} of {self.model} must be {wanted}, got {value!r}")
+
+    def option(self, key: str):
+        """A method-specific setting: the user's value, else the recipe's default."""
+        default = MODELS[self.model].options[key]
+        value = self.options.get(key, default)
+        return float(value) if isinstance(default, float) else value
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -622,6 +639,9 @@ class Recipe:
     build: Callable[[ModelConfig, Sequence[ModalitySpec], ModelParts], MultimodalVAE] | None = None
     """Assembles the model from the shared parts (a method with extra networks); None
     gives a plain :class:`MultimodalVAE`."""
+    options: dict = field(default_factory=dict)
+    """Method-specific settings and their defaults (``--set KEY=VALUE``); the default's
+    type is the setting's type."""
 
 
 def _build_joint_encoder_vae(
@@ -749,4 +769,8 @@ def model_table() -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("")
     lines.append(f"aggregators (any model takes --aggregator NAME): {', '.join(AGGREGATORS)}")
+    for recipe in MODELS.values():
+        if recipe.options:
+            listed = ", ".join(f"{k}={v}" for k, v in recipe.options.items())
+            lines.append(f"{recipe.name} options (--set KEY=VALUE): {listed}")
     return "\n".join(lines)
