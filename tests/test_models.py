@@ -156,12 +156,12 @@ def test_shapes_of_encode_decode_reconstruct_and_generate(built):
     model.eval()
     x = tiny_batch(B)
     posterior = model.encode(x, _partial_mask())
-    assert posterior.mean.shape == (B, LATENT)
+    assert posterior.mean.shape == (B, model.prior().event_shape[0])
     assert torch.isfinite(posterior.mean).all()
 
-    z = torch.randn(B, LATENT)
+    z = torch.randn(B, model.prior().event_shape[0])
     decoded = model.decode_mean(z)
-    lead = model.decode_mean(torch.randn(3, B, LATENT))
+    lead = model.decode_mean(torch.randn(3, B, model.prior().event_shape[0]))
     reconstructed = model.reconstruct(x, _partial_mask())
     generated = model.generate(5)
     conditional = model.conditional_generate(x, _partial_mask(), num_samples=3)
@@ -272,7 +272,7 @@ def test_safetensors_round_trip_is_bit_exact(built, tmp_path):
     torch.manual_seed(123)
     fresh, _ = build_model(config, MODALITIES)
     x = tiny_batch(B)
-    z = torch.randn(B, LATENT)
+    z = torch.randn(B, model.prior().event_shape[0])
     model.eval()
     fresh.eval()
     assert not torch.equal(fresh.encode(x).mean, model.encode(x).mean)
@@ -311,7 +311,7 @@ def test_lowrank_covariance_trains_a_step(model_name):
     assert any(not torch.equal(before[n], p) for n, p in model.named_parameters())
     torch.manual_seed(1)
     assert torch.isfinite(objective(model, x, mask).loss)
-    assert model.encode(x, mask).mean.shape == (B, LATENT)
+    assert model.encode(x, mask).mean.shape == (B, model.prior().event_shape[0])
 
 
 def test_product_of_experts_refuses_lowrank_covariances_clearly():
@@ -377,7 +377,7 @@ def test_subset_posteriors_match_encoding_each_subset(name):
     x = tiny_batch(5)
     subsets = subset_matrix(len(MODALITIES))
     together = model.subset_posteriors(x, subsets).mean
-    assert together.shape == (subsets.shape[0], 5, LATENT)
+    assert together.shape == (subsets.shape[0], 5, model.prior().event_shape[0])
     for s, row in enumerate(subsets):
         alone = model.encode(x, {n: torch.full((5,), bool(row[i])) for i, n in enumerate(model.names)}).mean
         torch.testing.assert_close(together[s], alone, rtol=1e-5, atol=1e-6)

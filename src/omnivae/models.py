@@ -774,3 +774,20 @@ def model_table() -> str:
             listed = ", ".join(f"{k}={v}" for k, v in recipe.options.items())
             lines.append(f"{recipe.name} options (--set KEY=VALUE): {listed}")
     return "\n".join(lines)
+
+
+# Methods that live in their own modules (several latent spaces, several stages) import
+# this one; they are registered here, after MODELS exists, in the order `omnivae models`
+# lists them.
+_METHOD_MODULES = ("omnivae.methods.mmvamp",)
+
+
+def _register_method_modules() -> None:
+    import importlib
+
+    for module_name in _METHOD_MODULES:
+        for recipe in importlib.import_module(module_name).RECIPES:
+            MODELS.setdefault(recipe.name, recipe)
+
+
+_register_method_modules()
