@@ -174,6 +174,25 @@ def test_benchmark_trains_evaluates_resumes_and_tabulates(npz, tmp_path, capsys,
     assert calls == [out / "moe-seed1"]
 
 
+def test_benchmark_beta_sweep_trains_each_beta_and_plots_the_tradeoff(npz, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["benchmark", "--models", "wb,mmvamp", "--betas", "0.5,2", "--dataset", f"npz:{npz}", "--seeds", "1",
+            "--epochs", "1", "--out", str(out), "--metrics", "probe,coherence,recon", "--no-figures",
+            "--latent-dim", "4", "--hidden", "16", "--backbone", "mlp", "--batch-size", "16", "--no-progress", *EVAL]
+    assert main(argv) == 0
+    for name, beta in (("wb", 0.5), ("wb", 2.0), ("mmvamp", 0.5), ("mmvamp", 2.0)):
+        config = json.loads((out / f"{name}-beta{beta:g}-seed0" / "config.json").read_text())
+        assert config["model"]["beta"] == beta
+    table = (out / "results.md").read_text()
+    assert "| wb beta=0.5 |" in table and "| mmvamp beta=2 |" in table
+    assert (out / "figures" / "tradeoff_vs_reconstruction.png").is_file()
+    capsys.readouterr()
+    assert main([*argv, "--beta", "1"]) == 2
+    assert "--betas" in one_error_line(capsys)
+    assert main(["benchmark", "--betas", "1,x", "--dataset", f"npz:{npz}", "--out", str(tmp_path / "b")]) == 2
+    assert "--betas" in one_error_line(capsys)
+
+
 def test_benchmark_user_errors(npz, tmp_path, capsys):
     assert main(["benchmark", "--models", "wb,nope", "--dataset", f"npz:{npz}", "--out", str(tmp_path / "b")]) == 2
     assert "'nope'" in one_error_line(capsys)

@@ -1,10 +1,14 @@
 """Benchmark: train and evaluate every model x seed, resumably, and tabulate the results.
 
-Each run lives in ``OUT/MODEL-seedS``. A run whose training finished and whose
+Each run lives in ``OUT/MODEL-seedS`` (``OUT/MODEL-betaB-seedS`` in a beta sweep). A run
+whose training finished and whose
 ``eval.json`` holds the requested metrics is skipped; a run interrupted during training
 is resumed from its checkpoint; so an interrupted benchmark continues where it stopped.
 Results: ``OUT/results.md`` and ``OUT/results.csv`` (mean ± std over seeds) and
-``OUT/figures/metrics_vs_inputs.png`` with every model on one plot.
+``OUT/figures/metrics_vs_inputs.png`` with every model on one plot; a beta sweep adds
+``OUT/figures/tradeoff_vs_reconstruction.png`` (probe and coherence against
+reconstruction error, one line per model through its betas, as in the MM-VAMP paper's
+Fig. 3).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from omnivae.data import load_dataset
 from omnivae.errors import UserError, unknown_name
 from omnivae.evaluate import EvalOptions, evaluate_run, read_eval
 from omnivae.models import MODELS, ModelConfig
-from omnivae.report import benchmark_markdown, metric_curves
+from omnivae.report import benchmark_markdown, metric_curves, tradeoff_curves
 from omnivae.train import TrainConfig, train
 from omnivae.train.checkpoint import atomic_write_bytes, atomic_write_json
 
@@ -77,37 +81,48 @@ def run_benchmark(
     train_options: dict,
     eval_options: EvalOptions,
     data_dir: str | None = None,
+    betas: Sequence[float] | None = None,
 ) -> dict:
-    """Train and evaluate ``models`` x ``range(seeds)``; returns the summary table."""
+    """Train and evaluate ``models`` x ``betas`` x ``range(seeds)``; returns the summary.
+
+    Without ``betas`` every run uses ``model_options`` as given; with them, each model is
+    trained once per beta and the summary is keyed ``"MODEL beta=B"``.
+    """
     for name in models:
         if name not in MODELS:
             raise unknown_name("model", name, list(MODELS))
     if seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {seeds}")
     eval_options.validate()
+    if betas is not None and (not betas or any(not (b >= 0 and math.isfinite(b)) for b in betas)):
+        raise UserError(f"--betas must be finite numbers >= 0, got {list(betas) if betas else betas}")
     data = load_dataset(dataset, data_dir=data_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     per_run: dict[str, list[dict]] = {}
-    for name in models:
+    sweep = [(name, beta) for name in models for beta in (betas if betas is not None else [None])]
+    for name, beta in sweep:
+        key = name if beta is None else f"{name} beta={beta:g}"
+        options = dict(model_options) if beta is None else {**model_options, "beta": float(beta)}
         for seed in range(seeds):
-            run_dir = out / f"{name}-seed{seed}"
+            run_dir = out / (f"{name}-seed{seed}" if beta is None else f"{name}-beta{beta:g}-seed{seed}")
+            label = f"[{key} seed {seed}]"
             status = "done"
             if not _finished(run_dir):
                 resume = (run_dir / "state.json").is_file()
-                model_config = ModelConfig(model=name, **model_options)
+                model_config = ModelConfig(model=name, **options)
                 defaults = {"warmup_epochs": MODELS[name].warmup_epochs}
                 train_config = TrainConfig(**{**defaults, **train_options, "seed": seed})
                 status = "resuming" if resume else "training"
-                print(f"[{name} seed {seed}] {status} ...", flush=True)
+                print(f"{label} {status} ...", flush=True)
                 train(model_config, train_config, data, dataset, run_dir, resume=resume)
             results = read_eval(run_dir)
             if results is None or not set(eval_options.metrics) <= set(results.get("metrics", [])):
-                print(f"[{name} seed {seed}] evaluating ...", flush=True)
+                print(f"{label} evaluating ...", flush=True)
                 results = evaluate_run(run_dir, eval_options)
             elif status == "done":
-                print(f"[{name} seed {seed}] finished earlier, skipped", flush=True)
-            per_run.setdefault(name, []).append(results)
+                print(f"{label} finished earlier, skipped", flush=True)
+            per_run.setdefault(key, []).append(results)
     summary = {
         name: {
             metric: _mean_std([summarise_run(r)[metric] for r in runs if metric in summarise_run(r)])
@@ -116,6 +131,7 @@ def run_benchmark(
         for name, runs in per_run.items()
     }
     header = {"dataset": dataset, "seeds": seeds, "models": ", ".join(models),
+              **({"betas": ", ".join(f"{b:g}" for b in betas)} if betas is not None else {}),
               "epochs": train_options.get("epochs"), "metrics": ", ".join(eval_options.metrics)}
     atomic_write_bytes(out / "results.md", benchmark_markdown(summary, header).encode())
     atomic_write_bytes(out / "results.csv", _csv(per_run).encode())
@@ -123,6 +139,16 @@ def run_benchmark(
     curves = _curves(per_run)
     if curves:
         metric_curves(curves, out / "figures" / "metrics_vs_inputs.png", title=f"{dataset}, {seeds} seed(s)")
+    if betas is not None and len(betas) > 1:
+        series = {
+            name: [(float(beta), summary[f"{name} beta={beta:g}"]) for beta in betas]
+            for name in models
+        }
+        tradeoff_curves(
+            series, "recon MSE cross (avg)", ["probe (1 input)", "coherence (1 input)"],
+            out / "figures" / "tradeoff_vs_reconstruction.png",
+            title=f"{dataset}: beta sweep ({', '.join(f'{b:g}' for b in betas)}), {seeds} seed(s)",
+        )
     return summary
 
 

@@ -176,6 +176,8 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--models", default="poe,moe,mopoe,wb,mwb", help="comma-separated model names")
     p.add_argument("--dataset", default=DEFAULT_DATASET)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--betas", help="comma-separated betas: train every model once per beta (a sweep) and plot "
+                   "probe and coherence against reconstruction error")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--out", required=True, help="benchmark folder")
     p.add_argument("--metrics", help="comma-separated: coherence,probe,likelihood,fd,recon (default all)")
@@ -594,8 +596,16 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     for key in ("batch_size", "lr"):
         if getattr(args, key) is not None:
             train_options[key] = getattr(args, key)
+    betas = None
+    if args.betas is not None:
+        try:
+            betas = [float(b) for b in args.betas.split(",") if b.strip()]
+        except ValueError:
+            raise UserError(f"--betas must be comma-separated numbers, got {args.betas!r}") from None
+        if "beta" in model_options:
+            raise UserError("give either --beta or --betas, not both")
     summary = run_benchmark(models, _absolute_dataset(args.dataset), args.seeds, Path(args.out), model_options, train_options,
-                            _eval_options(args, args.metrics), data_dir=args.data_dir)
+                            _eval_options(args, args.metrics), data_dir=args.data_dir, betas=betas)
     print((Path(args.out) / "results.md").read_text())
     return 0 if summary else 2
 

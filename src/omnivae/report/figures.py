@@ -20,7 +20,7 @@ from torch import Tensor  # noqa: E402
 from omnivae.data.base import ModalitySpec  # noqa: E402
 from omnivae.train.checkpoint import atomic_write_bytes  # noqa: E402
 
-__all__ = ["as_picture", "sample_grid", "metric_curves", "latent_map", "save_figure"]
+__all__ = ["as_picture", "sample_grid", "metric_curves", "tradeoff_curves", "latent_map", "save_figure"]
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
@@ -109,6 +109,49 @@ def metric_curves(
         ax.set_title(metric, fontsize=10)
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axes[0][-1].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    save_figure(fig, path)
+
+
+def tradeoff_curves(
+    series: Mapping[str, Sequence[tuple[float, Mapping[str, tuple[float, float]]]]],
+    x_metric: str,
+    y_metrics: Sequence[str],
+    path: Path,
+    title: str = "",
+) -> None:
+    """Metrics against reconstruction error across a beta sweep (the shape of the MM-VAMP
+    paper's Fig. 3: representation and coherence against reconstruction).
+
+    Args:
+        series: ``model -> [(beta, {metric: (mean, std)}), ...]``; one line per model
+            through its betas, each point labelled with its beta.
+        x_metric: The metric on the horizontal axis (a reconstruction error).
+        y_metrics: One panel per metric on the vertical axis.
+        path: Output PNG.
+    """
+    panels = [m for m in y_metrics if any(m in point for points in series.values() for _, point in points)]
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], panels):
+        for model, points in series.items():
+            usable = [(beta, p) for beta, p in points if metric in p and x_metric in p]
+            if not usable:
+                continue
+            xs = np.array([p[x_metric][0] for _, p in usable])
+            ys = np.array([p[metric][0] for _, p in usable])
+            xerr = np.array([p[x_metric][1] for _, p in usable])
+            yerr = np.array([p[metric][1] for _, p in usable])
+            line = ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", capsize=2, label=model)
+            for (beta, _), x, y in zip(usable, xs, ys):
+                ax.annotate(f"{beta:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points",
+                            color=line[0].get_color())
+        ax.set_xlabel(x_metric)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
