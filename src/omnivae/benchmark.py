@@ -6,8 +6,8 @@ whose training finished and whose
 is resumed from its checkpoint; so an interrupted benchmark continues where it stopped.
 Results: ``OUT/results.md`` and ``OUT/results.csv`` (mean ± std over seeds) and
 ``OUT/figures/metrics_vs_inputs.png`` with every model on one plot; a beta sweep adds
-``OUT/figures/tradeoff_vs_reconstruction.png`` (probe and coherence against
-reconstruction error, one line per model through its betas, as in the MM-VAMP paper's
+``OUT/figures/tradeoff_vs_reconstruction.png`` (probe and coherence from one input
+against the reconstruction error from all inputs, one line per model through its betas, as in the MM-VAMP paper's
 Fig. 3).
 """
 
@@ -56,6 +56,7 @@ def summarise_run(results: dict) -> dict[str, float]:
     if "recon" in results:
         out["recon MSE self (avg)"] = _mean(results["recon"]["self"].values())
         out["recon MSE cross (avg)"] = _mean(results["recon"].get("cross", {}).values())
+        out["recon MSE joint (avg)"] = _mean(results["recon"].get("joint", {}).values())
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -145,7 +146,7 @@ def run_benchmark(
             for name in models
         }
         tradeoff_curves(
-            series, "recon MSE cross (avg)", ["probe (1 input)", "coherence (1 input)"],
+            series, "recon MSE joint (avg)", ["probe (1 input)", "coherence (1 input)"],
             out / "figures" / "tradeoff_vs_reconstruction.png",
             title=f"{dataset}: beta sweep ({', '.join(f'{b:g}' for b in betas)}), {seeds} seed(s)",
         )
