@@ -642,6 +642,9 @@ class Recipe:
     options: dict = field(default_factory=dict)
     """Method-specific settings and their defaults (``--set KEY=VALUE``); the default's
     type is the setting's type."""
+    swappable: bool = True
+    """Whether ``--aggregator`` can replace the method's aggregation (not for Nexus,
+    whose aggregation is a mean of learnt messages, not of posteriors)."""
 
 
 def _build_joint_encoder_vae(
@@ -768,7 +771,11 @@ def model_table() -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     lines.append("")
-    lines.append(f"aggregators (any model takes --aggregator NAME): {', '.join(AGGREGATORS)}")
+    fixed = [r.name for r in MODELS.values() if not r.swappable]
+    lines.append(
+        f"aggregators (a model takes --aggregator NAME{', except ' + ', '.join(fixed) if fixed else ''}): "
+        f"{', '.join(AGGREGATORS)}"
+    )
     for recipe in MODELS.values():
         if recipe.options:
             listed = ", ".join(f"{k}={v}" for k, v in recipe.options.items())
@@ -779,7 +786,7 @@ def model_table() -> str:
 # Methods that live in their own modules (several latent spaces, several stages) import
 # this one; they are registered here, after MODELS exists, in the order `omnivae models`
 # lists them.
-_METHOD_MODULES = ("omnivae.methods.mmvamp",)
+_METHOD_MODULES = ("omnivae.methods.mmvamp", "omnivae.methods.mmvaeplus", "omnivae.methods.nexus")
 
 
 def _register_method_modules() -> None:
