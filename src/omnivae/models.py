@@ -642,6 +642,9 @@ class Recipe:
     options: dict = field(default_factory=dict)
     """Method-specific settings and their defaults (``--set KEY=VALUE``); the default's
     type is the setting's type."""
+    complete_rows_only: bool = False
+    """Whether the method learns only from rows where every modality is observed (JNF:
+    its joint encoder needs them all); rows with a missing modality then add nothing."""
     swappable: bool = True
     """Whether ``--aggregator`` can replace the method's aggregation (not for Nexus,
     whose aggregation is a mean of learnt messages, not of posteriors)."""
@@ -786,7 +789,12 @@ def model_table() -> str:
 # Methods that live in their own modules (several latent spaces, several stages) import
 # this one; they are registered here, after MODELS exists, in the order `omnivae models`
 # lists them.
-_METHOD_MODULES = ("omnivae.methods.mmvamp", "omnivae.methods.mmvaeplus", "omnivae.methods.nexus")
+_METHOD_MODULES = (
+    "omnivae.two_stage",
+    "omnivae.methods.mmvamp",
+    "omnivae.methods.mmvaeplus",
+    "omnivae.methods.nexus",
+)
 
 
 def _register_method_modules() -> None:

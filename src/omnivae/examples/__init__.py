@@ -1,0 +1,1 @@
+"""Worked examples that reproduce figures of the papers (one command each)."""
