@@ -190,9 +190,18 @@ class MultimodalVAE(nn.Module):
         return self.aggregator.infer(experts.expand_samples(torch.Size([subsets.shape[0]])), masks)
 
     # -- generation ----------------------------------------------------------------------
+    def decoder_input(self, name: str, z: Tensor) -> Tensor:
+        """What decoder ``name`` reads of the latent ``z [..., L]``: all of it here.
+
+        Models with several latent spaces override only this (MM-VAMP: block m; MMVAE+:
+        (z, w_m); Nexus: the bottom latent predicted from the top one), so decoding and
+        every likelihood below work for them unchanged.
+        """
+        return z
+
     def decode(self, z: Tensor, names: Sequence[str] | None = None) -> dict[str, Distribution]:
-        """Likelihoods p(x_m | z) for ``z [N, D]`` (fold extra leading axes into N first)."""
-        return {name: self.decoders[name](z) for name in (names or self.names)}
+        """Likelihoods p(x_m | z) for ``z [N, L]`` (fold extra leading axes into N first)."""
+        return {name: self.decoders[name](self.decoder_input(name, z)) for name in (names or self.names)}
 
     def decode_mean(self, z: Tensor, names: Sequence[str] | None = None) -> dict[str, Tensor]:
         """Expected values of p(x_m | z) for ``z [*L, D]``: ``[*L, *shape]`` per modality."""
@@ -204,18 +213,22 @@ class MultimodalVAE(nn.Module):
             out[name] = mean.reshape(*lead, *mean.shape[1:])
         return out
 
-    def modality_log_likelihood(self, name: str, target: Tensor, z: Tensor) -> Tensor:
-        """Unweighted log p(x_name | z) for ``z [*L, B, D]``: ``[*L, B]``, one decoder call.
+    def decoder_log_prob(self, name: str, target: Tensor, inputs: Tensor) -> Tensor:
+        """log p(x_name | decoder inputs) for ``inputs [*L, B, I]``: ``[*L, B]``, one decoder call.
 
         The leading sample axes fold into the decoder's batch, and ``target [B, *shape]``
         is repeated to match.
         """
-        lead, batch = z.shape[:-2], z.shape[-2]
-        flat = z.reshape(-1, z.shape[-1])
+        lead, batch = inputs.shape[:-2], inputs.shape[-2]
+        flat = inputs.reshape(-1, inputs.shape[-1])
         copies = flat.shape[0] // batch
         if copies > 1:
             target = target.unsqueeze(0).expand(copies, *target.shape).reshape(-1, *target.shape[1:])
         return self.decoders[name](flat).log_prob(target).reshape(*lead, batch)
+
+    def modality_log_likelihood(self, name: str, target: Tensor, z: Tensor) -> Tensor:
+        """Unweighted log p(x_name | z) for ``z [*L, B, L]``: ``[*L, B]``, one decoder call."""
+        return self.decoder_log_prob(name, target, self.decoder_input(name, z))
 
     def log_likelihood(
         self,

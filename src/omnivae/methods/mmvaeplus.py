@@ -337,20 +337,6 @@ class MMVAEPlus(MultimodalVAE):
         """p(u) = p(z) prod_m N(w_m; 0, I), event ``[L]``."""
         return ConcatenatedLatent(self.prior_module(), diagonal_normal(self.w_prior_loc, self.w_prior_scale))
 
-    # -- generation ----------------------------------------------------------------------
-    def decode(self, z: Tensor, names: Sequence[str] | None = None) -> dict[str, Distribution]:
-        """p(x_m | z, w_m) for ``u [N, L]``; decoder m reads :meth:`decoder_input`."""
-        return {name: self.decoders[name](self.decoder_input(name, z)) for name in (names or self.names)}
-
-    def decoder_log_prob(self, name: str, target: Tensor, inputs: Tensor) -> Tensor:
-        """log p(x_name | z, w_name) for decoder ``inputs [*L, B, D + W]``: ``[*L, B]``."""
-        return MultimodalVAE.modality_log_likelihood(self, name, target, inputs)
-
-    def modality_log_likelihood(self, name: str, target: Tensor, z: Tensor) -> Tensor:
-        """Unweighted log p(x_name | u) for ``u [*L, B, L]``: ``[*L, B]``."""
-        return self.decoder_log_prob(name, target, self.decoder_input(name, z))
-
-
 @dataclass
 class PlusSamples:
     """The reparameterised draws of one MMVAE+ step (C components, K samples each).

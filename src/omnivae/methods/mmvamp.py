@@ -323,13 +323,9 @@ class BlockLatentVAE(MultimodalVAE):
             raise DataError("a subset has no observed modality in some row; every posterior needs one")
         return self.block_posterior(experts.expand_samples(torch.Size([subsets.shape[0]])), masks)
 
-    def decode(self, z: Tensor, names: Sequence[str] | None = None) -> dict[str, Distribution]:
-        """Likelihoods p(x_m | z_m) for ``z [N, L]``: decoder m reads block m."""
-        return {name: self.decoders[name](self.block(z, self.names.index(name))) for name in (names or self.names)}
-
-    def modality_log_likelihood(self, name: str, target: Tensor, z: Tensor) -> Tensor:
-        """Unweighted log p(x_name | z_name) for ``z [*L, B, L]``: ``[*L, B]``."""
-        return super().modality_log_likelihood(name, target, self.block(z, self.names.index(name)))
+    def decoder_input(self, name: str, z: Tensor) -> Tensor:
+        """Decoder m reads block m of ``z [..., L]``: z_m ``[..., D]``."""
+        return self.block(z, self.names.index(name))
 
 
 class IndependentELBO(Objective):

@@ -238,17 +238,10 @@ class Nexus(MultimodalVAE):
         return self.top_posterior(expanded, masks)
 
     # -- generation ----------------------------------------------------------------------
-    def decode(self, z: Tensor, names: Sequence[str] | None = None) -> dict[str, Distribution]:
-        """p(x_m | z_m = dec_m(z_sigma)) for ``z_sigma [N, D]``: top decoder, then bottom decoder."""
-        return {name: self.decoders[name](self.predicted_bottom(name, z)) for name in (names or self.names)}
-
-    def decoder_log_prob(self, name: str, target: Tensor, bottom: Tensor) -> Tensor:
-        """log p(x_name | z_name) of the bottom decoder for ``bottom [*L, B, bottom_dim]``: ``[*L, B]``."""
-        return MultimodalVAE.modality_log_likelihood(self, name, target, bottom)
-
-    def modality_log_likelihood(self, name: str, target: Tensor, z: Tensor) -> Tensor:
-        """Unweighted log p(x_name | z_name = dec_name(z_sigma)) for ``z [*L, B, D]``: ``[*L, B]``."""
-        return self.decoder_log_prob(name, target, self.predicted_bottom(name, z))
+    def decoder_input(self, name: str, z: Tensor) -> Tensor:
+        """Decoder m reads the bottom latent predicted from the top one, z_m = dec_m(z_sigma):
+        p(x_m | dec_m(z_sigma)) for ``z_sigma [..., D]``."""
+        return self.predicted_bottom(name, z)
 
 
 @dataclass
