@@ -18,7 +18,6 @@ from torch import Tensor
 
 from helpers import LATENT, MODALITIES, NAMES, tiny_batch, tiny_config, tiny_splits
 from omnivae.data.base import ModalitySpec
-from omnivae.distributions import GaussianExperts
 from omnivae.errors import UserError
 from omnivae.functional import subset_matrix
 from omnivae.models import MODELS, PriorDividedProduct, build_model

@@ -34,13 +34,15 @@ Decisions (where the paper leaves room):
 - **Posterior used** (:class:`JNFPosterior`), per (subset, row): the joint encoder for the
   full set, the flow q_j for a single modality, Eq. 12 by HMC for 2 <= |S| < M.
 - **``.mean`` and ``log_prob`` of Eq. 12.** Both come from one importance-sampling table
-  per batch: ``mean_samples`` draws from each observed q_j, made from a *fixed* set of
-  standard-normal draws, weighted against the stratified mixture (1/|S|) sum_j q_j. The
+  per batch, built from *fixed* standard-normal draws (``mean_samples`` per unimodal
+  posterior and as many for a Gaussian proposal): the draws are weighted against a
+  defensive mixture of the Gaussian Eq. 12 of moment-matched unimodal posteriors and of
+  the unimodal posteriors themselves (:meth:`JNFPosterior._table_values`). The
   self-normalised weights give the mean of Eq. 12 and their average its normalising
   constant Z_S, so ``log_prob(z) = log f_S(z) - log Z_S`` is a normalised density (the
   estimate of log Z_S is consistent, biased low by Jensen for few draws). The fixed
   draws make ``.mean`` a deterministic function of the inputs and independent of how
-  chains are batched, as representation and reconstruction need. ``sample`` runs HMC
+  elements are batched, as representation and reconstruction need. ``sample`` runs HMC
   (:func:`omnivae.samplers.hmc`) from :func:`~omnivae.samplers.mixture_initialisation`.
 """
 
@@ -82,6 +84,8 @@ __all__ = [
 
 PriorPower = Literal["paper", "once"]
 _FIXED_DRAWS_SEED = 20240611  # any constant: the draws behind .mean and log Z_S
+_PROPOSAL_INFLATION = 2.0
+_PlanEntry = tuple[int, Tensor, Tensor, Tensor]  # member j, positions, base loc, base scale  # variance factor of the Gaussian importance proposal for Eq. 12
 
 
 # -- settings -------------------------------------------------------------------------------
@@ -117,8 +121,8 @@ class HMCSettings:
             raise UserError(f"hmc_step_size must be a positive number, got {self.step_size}")
         if self.prior_power not in ("paper", "once"):
             raise unknown_name("hmc_prior_power", str(self.prior_power), ("paper", "once"))
-        if self.mean_samples < 1:
-            raise UserError(f"mean_samples must be >= 1, got {self.mean_samples}")
+        if self.mean_samples < 2:
+            raise UserError(f"mean_samples must be >= 2, got {self.mean_samples}")
 
 
 # -- networks -------------------------------------------------------------------------------
@@ -199,7 +203,9 @@ class JNFVAE(MultimodalVAE):
     Inference (:meth:`encode`, :meth:`subset_posteriors`, :meth:`joint_posterior`) returns
     :class:`JNFPosterior`. ``hmc`` holds the sampler's settings (mutable, so evaluation
     may change them on a loaded model); ``last_hmc_acceptance`` is the acceptance rate
-    of the latest HMC run, ``hmc_chain_steps`` and ``hmc_seconds`` add up all runs.
+    of the latest HMC run, ``hmc_chain_steps`` and ``hmc_seconds`` add up all runs, and
+    ``last_improper_fraction`` is the share of Eq. 12 targets of the latest ``mean`` or
+    ``log_prob`` table that look improper (:attr:`JNFPosterior.improper`).
 
     Args:
         modalities, decoders, prior, likelihood_weights: As for :class:`MultimodalVAE`.
@@ -232,6 +238,7 @@ class JNFVAE(MultimodalVAE):
         self.hmc = hmc or HMCSettings()
         self.hmc.validate()
         self.last_hmc_acceptance: float | None = None
+        self.last_improper_fraction: float | None = None
         self.hmc_chain_steps = 0
         self.hmc_seconds = 0.0
 
@@ -393,6 +400,7 @@ class JNFPosterior(Distribution):
         self.by_kind = [(self.kind == k).nonzero().squeeze(-1) for k in range(3)]
         self._mean: Tensor | None = None
         self._table: tuple[Tensor, Tensor, Tensor] | None = None
+        self._improper = torch.zeros(len(self.by_kind[2]), dtype=torch.bool, device=members.device)
         super().__init__(batch_shape=batch, event_shape=loc.shape[-1:], validate_args=False)
 
     # -- helpers ------------------------------------------------------------------------
@@ -407,7 +415,7 @@ class JNFPosterior(Distribution):
             return count - 1
         return torch.where(count > 1, 1.0, 0.0).to(self.loc.dtype)
 
-    def _member_log_probs(self, z: Tensor, elements: Tensor, plan: list[tuple[int, Tensor, Tensor, Tensor]] | None = None) -> Tensor:
+    def _member_log_probs(self, z: Tensor, elements: Tensor, plan: list[_PlanEntry] | None = None) -> Tensor:
         """log q_j(z | x_j) ``[M, *L, n]`` for ``z [*L, n, D]`` at ``elements [n]``; zero
         where j is not a member (only members' flows are evaluated)."""
         plan = plan if plan is not None else self._plan(elements)
@@ -417,7 +425,7 @@ class JNFPosterior(Distribution):
             columns[j] = columns[j].index_copy(-1, position, value)
         return torch.stack(columns)
 
-    def _plan(self, elements: Tensor, detach: bool = False) -> list[tuple[int, Tensor, Tensor, Tensor]]:
+    def _plan(self, elements: Tensor, detach: bool = False) -> list[_PlanEntry]:
         """Per member j: the positions in ``elements`` where j is a member and their base
         ``loc, scale``; computed once per call so HMC's inner loop does not search."""
         plan = []
@@ -433,51 +441,102 @@ class JNFPosterior(Distribution):
         return plan
 
     def _table_values(self) -> tuple[Tensor, Tensor, Tensor]:
-        """``(log Z [n], mean [n, D], ess [n])`` for the non-joint elements ``by_kind[1|2]``.
+        """``(log Z [n], mean [n, D], ess [n])`` for the non-joint elements, in the order
+        ``by_kind[1]`` then ``by_kind[2]``; ``ess`` is a fraction of the draws used.
 
-        With fixed draws eps ``[M, K, D]``, z_ik = f^(i)(mu_i + sigma_i eps_ik) for each
-        member i, the weights w_ik = f_S(z_ik) / m(z_ik) against the stratified mixture
-        m = (1/|S|) sum_j q_j give Z_S ~= (1 / (|S| K)) sum_ik w_ik and the self-normalised
-        mean sum_ik w_ik z_ik / sum_ik w_ik (for |S| = 1: Z = 1, the plain average).
+        Every observed modality i of a row gets ``K = mean_samples`` draws
+        z_ik = f^(i)(mu_i + sigma_i eps_ik) from fixed standard-normal ``eps``. A single
+        member's mean is their average (Z = 1). For Eq. 12, f_S = prod_{j in S} q_j / p^c,
+        the draws are importance-weighted against the defensive proposal
+
+            r = 1/2 g + 1/2 (1/|S|) sum_{i in S} q_i,
+
+        where g is the Gaussian of Eq. 12 for Gaussians moment-matched to each q_j
+        (precision sum_j 1/var_j - c, as :class:`~omnivae.models.PriorDividedProduct`)
+        with its variance doubled, sampled with ``K`` more fixed draws. The stratified
+        weights w = (component weight / K) f_S / r give Z_S = sum w and the
+        self-normalised mean sum w z / sum w. The mixture alone is a poor proposal where
+        the experts overlap little (most of the product's mass is in all their tails);
+        g sits on the product, and the mixture keeps the weights bounded in its tails.
         """
         if self._table is not None:
             return self._table
         model = self.model
-        elements = torch.cat([self.by_kind[1], self.by_kind[2]])
-        members = self.members[:, elements]  # [M, n]
-        count = self.count[elements].to(self.loc.dtype)
+        single, several = self.by_kind[1], self.by_kind[2]
         num, k_draws, dim = self.num_members, model.hmc.mean_samples, self.latent_dim
         rows = self.loc.shape[1]
+        log_zs, means, esses = [], [], []
         with torch.no_grad():
-            draws = _fixed_normal((num, k_draws, 1, dim), self.loc)
-            used = members.any(1).tolist()
-            z = self.loc.new_zeros(num, k_draws, rows, dim)
+            draws = _fixed_normal((num + 1, k_draws, 1, dim), self.loc)
+            used = self.members[:, torch.cat([single, several])].any(1).tolist()
+            z = self.loc.new_zeros(num, k_draws, rows, dim)  # [M(i), K, B, D]
             for i in range(num):
                 if used[i]:
                     z[i] = model.flow_sample(i, self.loc[i], self.scale[i], draws[i])
-            table = self.loc.new_zeros(num, num, k_draws, rows)  # log q_j(z_i.)
-            chosen = [i for i in range(num) if used[i]]
-            for j in chosen:
-                table[chosen, j] = model.flow_log_prob(j, z[chosen], self.loc[j], self.scale[j])
-            log_prior = model.prior().log_prob(z)  # [M, K, B]
-            element_rows = self.rows[elements]
-            gathered = table[..., element_rows]  # [M(i), M(j), K, n]
-            member_j = members[None, :, None, :]
-            zero = gathered.new_zeros(())
-            log_f = torch.where(member_j, gathered, zero).sum(1) - self._power(elements) * log_prior[..., element_rows]
-            log_m = torch.where(member_j, gathered, -math.inf).logsumexp(1) - count.log()
-            log_w = torch.where(members[:, None, :], log_f - log_m, -math.inf)  # [M(i), K, n]
-            flat = log_w.permute(2, 0, 1).reshape(len(elements), num * k_draws)
-            log_z = flat.logsumexp(-1) - (count * k_draws).log()
-            log_z = torch.where(count > 1, log_z, zero)
-            weights = torch.softmax(flat, -1)
-            samples = z[..., element_rows, :].permute(2, 0, 1, 3).reshape(len(elements), num * k_draws, dim)
-            keep = members.t().repeat_interleave(k_draws, dim=1).unsqueeze(-1)
-            samples = torch.where(keep, samples, zero)
-            mean = (weights.unsqueeze(-1) * samples).sum(1)
-            ess = 1.0 / weights.pow(2).sum(-1)
-        self._table = (log_z, mean, ess)
+            if single.numel():
+                member = self.members[:, single].to(self.loc.dtype).argmax(0)
+                means.append(z[member, :, self.rows[single]].mean(1))
+                log_zs.append(self.loc.new_zeros(len(single)))
+                esses.append(self.loc.new_ones(len(single)))
+            if several.numel():
+                log_z, mean, ess = self._product_weights(several, z, draws[num], used)
+                log_zs.append(log_z)
+                means.append(mean)
+                esses.append(ess)
+                model.last_improper_fraction = float(self._improper.to(z.dtype).mean())
+        self._table = (torch.cat(log_zs), torch.cat(means), torch.cat(esses))
         return self._table
+
+    def _product_weights(
+        self, elements: Tensor, z: Tensor, draws: Tensor, used: list[bool]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Importance sampling of Eq. 12 for ``elements`` (see :meth:`_table_values`):
+        ``z [M, K, B, D]`` the members' draws, ``draws [K, 1, D]`` fixed normals for g.
+
+        log q_j at the members' draws is computed per row (shared by every subset of the
+        row), at g's draws per element and member only.
+        """
+        model = self.model
+        num, k_draws, dim = z.shape[0], z.shape[1], z.shape[-1]
+        n = len(elements)
+        members = self.members[:, elements]  # [M, n]
+        rows = self.rows[elements]
+        count = self.count[elements].to(z.dtype)
+        power = self._power(elements)
+        zero = z.new_zeros(())
+        # g: Eq. 12 for Gaussians with the members' moments, variance doubled.
+        precision = torch.where(members.unsqueeze(-1), z.var(1)[:, rows].clamp_min(1e-12).reciprocal(), zero)
+        total = precision.sum(0) - power.unsqueeze(-1)  # [n, D]
+        self._improper = (total <= 0).any(-1)
+        total = total.clamp_min(1e-2)
+        centre = (precision * z.mean(1)[:, rows]).sum(0) / total  # [n, D]
+        spread = (_PROPOSAL_INFLATION / total).sqrt()
+        z_g = centre + spread * draws  # [K, n, D]
+        # log q_j at every candidate: [M(j), M + 1 (q_1..q_M, g), K, n].
+        chosen = [i for i in range(num) if used[i]]
+        row_table = z.new_zeros(num, num, k_draws, z.shape[2])
+        for j in chosen:
+            row_table[chosen, j] = model.flow_log_prob(j, z[chosen], self.loc[j], self.scale[j])
+        log_q = torch.cat([row_table[..., rows].transpose(0, 1), z.new_zeros(num, 1, k_draws, n)], 1)
+        for j, position, loc, scale in self._plan(elements, detach=True):
+            value = model.flow_log_prob(j, z_g[:, position], loc, scale)  # [K, n_j]
+            log_q[j, num] = log_q[j, num].index_copy(-1, position, value)
+        candidates = torch.cat([z[:, :, rows], z_g.unsqueeze(0)])  # [M + 1, K, n, D]
+        member_j = members[:, None, None, :]
+        log_f = torch.where(member_j, log_q, zero).sum(0) - power * model.prior().log_prob(candidates)
+        log_mixture = torch.where(member_j, log_q, -math.inf).logsumexp(0) - count.log()
+        log_g = diagonal_normal(centre, spread).log_prob(candidates)  # [M + 1, K, n]
+        log_r = torch.logaddexp(log_g, log_mixture) - math.log(2)
+        # Stratified: q_i (i in S) with probability 1/(2|S|), g with 1/2, K draws each.
+        component = torch.cat([torch.where(members, -(count.log()), -math.inf), torch.zeros_like(count)[None]])
+        log_w = component.unsqueeze(1) - math.log(2 * k_draws) + log_f - log_r  # [M + 1, K, n]
+        flat = log_w.permute(2, 0, 1).reshape(n, -1)
+        weights = torch.softmax(flat, -1)
+        keep = torch.cat([members, torch.ones_like(members[:1])]).t().repeat_interleave(k_draws, 1).unsqueeze(-1)
+        samples = torch.where(keep, candidates.permute(2, 0, 1, 3).reshape(n, -1, dim), zero)
+        mean = (weights.unsqueeze(-1) * samples).sum(1)
+        ess = weights.pow(2).sum(-1).reciprocal() / ((count + 1) * k_draws)
+        return flat.logsumexp(-1), mean, ess
 
     def _table_for(self, elements: Tensor) -> tuple[Tensor, Tensor]:
         """log Z and mean of non-joint ``elements`` (indices into the batch)."""
@@ -505,13 +564,20 @@ class JNFPosterior(Distribution):
 
     @property
     def importance_ess(self) -> Tensor:
-        """Effective sample size of the Eq. 12 weights behind ``mean``/``log_prob`` per
-        Eq. 12 element, as a fraction of the |S| * ``mean_samples`` draws: ``[n_hmc]``."""
-        elements = self.by_kind[2]
-        if not elements.numel():
-            return self.loc.new_zeros(0)
+        """Effective sample size of the importance weights behind ``mean``/``log_prob`` of
+        each Eq. 12 element, as a fraction of its (|S| + 1) * ``mean_samples`` draws: ``[n_hmc]``."""
         _, _, ess = self._table_values()
-        return ess[len(self.by_kind[1]):] / (self.count[elements] * self.model.hmc.mean_samples)
+        return ess[len(self.by_kind[1]):]
+
+    @property
+    def improper(self) -> Tensor:
+        """``BoolTensor[n_hmc]``: Eq. 12 elements whose target looks improper, i.e. the
+        Gaussian Eq. 12 of moment-matched unimodal posteriors has a non-positive precision
+        in some dimension (sum_j 1/var_j <= c: the members are together broader than the
+        prior's power). Exact for Gaussian q_j; there HMC chains drift away and
+        ``mean``/``log_prob`` mean nothing."""
+        self._table_values()
+        return self._improper
 
     def log_prob(self, value: Tensor) -> Tensor:
         """``value [*L, *batch, D] -> [*L, *batch]``: exact for the joint encoder and the
@@ -772,7 +838,8 @@ class JNFObjective(Objective):
     ) -> None:
         if stage2_epochs < 0 or projector_epochs < 0:
             raise UserError(
-                f"stage2_epochs and projector_epochs must be >= 0 (0: as --epochs), got {stage2_epochs} and {projector_epochs}"
+                "stage2_epochs and projector_epochs must be >= 0 (0: as --epochs), got "
+                f"{stage2_epochs} and {projector_epochs}"
             )
         self.joint = JointVAELoss(beta)
         self.unimodal = UnimodalPosteriorLoss(stage2_samples)
