@@ -13,7 +13,7 @@ import signal
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
@@ -22,9 +22,10 @@ from tqdm.auto import tqdm
 
 from omnivae import __version__
 from omnivae.data.base import MultimodalDataset
-from omnivae.errors import RunDirError, UserError
+from omnivae.errors import RunDirError, TrainingDiverged, UserError, unknown_name
 from omnivae.configs import check_field_types
 from omnivae.models import MultimodalVAE
+from omnivae.nn.precision import PRECISIONS, networks_in
 from omnivae.objectives import Objective
 from omnivae.stages import Stage
 from omnivae.train.checkpoint import (
@@ -36,9 +37,15 @@ from omnivae.train.checkpoint import (
     read_json,
     unflatten_optimizer,
 )
+from omnivae.train import distributed
 from omnivae.train.schedules import LinearWarmup
 
-__all__ = ["TrainConfig", "Trainer", "resolve_device", "hide_modalities", "TrainingInterrupted"]
+COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+
+__all__ = ["COMPILE_MODES", "TrainConfig", "Trainer", "resolve_device", "hide_modalities", "TrainingInterrupted"]
+
+FINITE_CHECK_EVERY = 10
+"""Steps between checks that the loss is finite (each check synchronises with the device)."""
 
 
 class TrainingInterrupted(Exception):
@@ -57,6 +64,8 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     missing_rate: float = 0.0
     progress: bool = True
+    precision: str = "fp32"
+    compile: str = "none"
 
     def validate(self, num_samples: int | None = None) -> None:
         check_field_types(self)
@@ -64,6 +73,12 @@ class TrainConfig:
             raise UserError(f"--epochs must be >= 0, got {self.epochs}")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+        processes = distributed.world_size()
+        if processes > 1 and self.batch_size < processes:
+            raise UserError(
+                f"--batch-size {self.batch_size} is smaller than the {processes} processes torchrun started; "
+                "the batch is split among them, so give at least one row each"
+            )
         if num_samples is not None and self.batch_size > num_samples:
             raise UserError(
                 f"--batch-size {self.batch_size} is larger than the {num_samples} training samples; "
@@ -75,6 +90,10 @@ class TrainConfig:
             raise UserError(f"--missing-rate must be in [0, 1), got {self.missing_rate}")
         if self.warmup_epochs < 0:
             raise UserError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
+        if self.precision not in PRECISIONS:
+            raise unknown_name("--precision", self.precision, tuple(PRECISIONS))
+        if self.compile not in COMPILE_MODES:
+            raise unknown_name("--compile", self.compile, COMPILE_MODES)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -143,15 +162,29 @@ class Trainer:
         config.validate(len(train_data))
         self.config = config
         self.device = resolve_device(config.device)
+        # Under torchrun: join the other processes (None when training alone); see distributed.py.
+        self.dist = distributed.setup(self.device)
+        if self.dist is not None:
+            self.device = self.dist.device
+            if not self.dist.is_main:  # rank 0 alone shows progress
+                self.config = config = replace(config, progress=False)
         torch.manual_seed(config.seed)
         self.model = model.to(self.device)
+        if self.dist is not None:  # the same start everywhere, each process its own noise
+            self.dist.broadcast_module(self.model)
+            self.dist.seed(config.seed)
         self.objective = objective
         self.train_data = train_data.to(self.device)
         self.test_data = None if test_data is None else test_data.to(self.device)
         self.run_dir = None if run_dir is None else Path(run_dir)
+        if self.dist is not None and self.run_dir is not None:  # a default name holds the time: take rank 0's
+            self.run_dir = self.dist.broadcast_object(self.run_dir)
         self.run_config = run_config or {}
         self.stage_index = -1
         self.stage_start_step = 0
+        self.network_dtype = PRECISIONS[config.precision]
+        self._step_functions: dict[int, Callable[..., tuple[Tensor, dict[str, Tensor]]]] = {}
+        self._kl_weight = torch.zeros((), device=self.device)
         self.optimizer: torch.optim.Optimizer
         self._enter_stage(0)
         self.schedules: dict[str, Callable[[int, int], float]] = {
@@ -202,7 +235,10 @@ class Trainer:
         chosen = {id(p) for p in trainable}
         for parameter in self.model.parameters():
             parameter.requires_grad_(id(parameter) in chosen)
-        self.optimizer = torch.optim.Adam(trainable, lr=self.config.lr)
+        # The fused CUDA kernel updates every tensor in one launch; the CPU keeps the default
+        # (bit-identical resume is promised there).
+        fused = self.device.type == "cuda" and bool(trainable)
+        self.optimizer = torch.optim.Adam(trainable, lr=self.config.lr, fused=fused or None)
         self.stage_index = index
         self.stage_start_step = sum(s.epochs for s in self.stages[:index]) * self.steps_per_epoch
 
@@ -212,17 +248,39 @@ class Trainer:
         stage = self.stage
         step = self.global_step - self.stage_start_step if stage.warmup else self.global_step
         kl_weight = self.schedules["kl_weight"](step, self.steps_per_epoch)
-        out = stage.objective(self.model, x, mask, kl_weight)
+        self._kl_weight.fill_(kl_weight)
+        with networks_in(self.network_dtype):
+            loss, step_terms = self._step_function()(self.model, x, mask, self._kl_weight)
         self.optimizer.zero_grad(set_to_none=True)
-        out.loss.backward()
+        loss.backward()
+        terms = {"loss": loss.detach()}
+        terms.update({k: v.detach() for k, v in step_terms.items()})
+        if self.dist is not None:  # under torchrun: the global batch's gradient and terms
+            terms = self.dist.all_reduce_step(self.optimizer, terms)
         self.optimizer.step()
-        terms = {"loss": out.loss.detach()}
-        terms.update({k: v.detach() for k, v in out.terms.items()})
         return terms
+
+    def _step_function(self) -> Callable[..., tuple[Tensor, dict[str, Tensor]]]:
+        """The current stage's loss as ``(model, x, mask, kl_weight) -> (loss, terms)``,
+        compiled with :func:`torch.compile` when ``TrainConfig.compile`` asks for it (once per
+        stage; the KL weight is a device tensor so that its schedule causes no recompilation)."""
+        function = self._step_functions.get(self.stage_index)
+        if function is None:
+            objective = self.stage.objective
+
+            def step(model: MultimodalVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: Tensor):
+                out = objective(model, x, mask, kl_weight)
+                return out.loss, dict(out.terms)
+
+            function = step
+            if self.config.compile != "none":
+                function = torch.compile(step, mode=None if self.config.compile == "default" else self.config.compile)
+            self._step_functions[self.stage_index] = function
+        return function
 
     def fit(self) -> list[dict]:
         """Train every stage to its end; resumes from the loaded state if any."""
-        if self.run_dir is not None:
+        if self.run_dir is not None and distributed.is_main():
             self.run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_json(self.run_dir / "config.json", self.full_config())
         with self._catch_signals():
@@ -245,6 +303,7 @@ class Trainer:
             config.batch_size, shuffle=True, generator=self.data_generator, start=self.step_in_epoch
         )
         totals: dict[str, Tensor] = {}
+        finite: list[Tensor] = []  # device-side isfinite(loss) of the steps not yet checked
         steps = 0
         started = time.perf_counter()
         label = self._epoch_label()
@@ -258,19 +317,26 @@ class Trainer:
         )
         self.model.train()
         for batch in batches:
+            if self.dist is not None:  # this process's rows of the global batch
+                batch = self.dist.local_part(batch)
             mask = hide_modalities(self.model.stack_mask(batch.x, batch.mask), config.missing_rate)
             terms = self.train_step(batch.x, mask)
+            finite.append(torch.isfinite(terms["loss"]))
             for key, value in terms.items():
                 totals[key] = totals.get(key, 0.0) + value
             steps += 1
             self.step_in_epoch += 1
             self.global_step += 1
             bar.update(1)
+            if len(finite) == FINITE_CHECK_EVERY or self.step_in_epoch == self.steps_per_epoch:
+                self._check_finite(finite, bar)
             if config.progress and (steps % 10 == 0 or self.step_in_epoch == self.steps_per_epoch):
                 bar.set_postfix({k: f"{(v / steps).item():.4g}" for k, v in totals.items()}, refresh=False)
-            if self._stop_signal is not None:
+            if self._stop_requested():
+                self._check_finite(finite, bar)  # never checkpoint parameters a NaN step wrote
                 bar.close()
                 self._interrupt()
+        self._check_finite(finite, bar)
         bar.close()
         seconds = time.perf_counter() - started
         record: dict = {"epoch": self.epoch + 1, "step": self.global_step}
@@ -278,10 +344,8 @@ class Trainer:
             record["stage"] = self.stage.name
         record.update({f"train_{k}": float(v / max(steps, 1)) for k, v in totals.items()})
         if not all(math.isfinite(v) for k, v in record.items() if k.startswith("train_")):
-            raise FloatingPointError(
-                f"the training loss became NaN or infinite in epoch {self.epoch + 1}; "
-                "lower --lr or check the data"
-            )
+            bad = [k[len("train_"):] for k, v in record.items() if k.startswith("train_") and not math.isfinite(v)]
+            raise self._diverged(f"the training term(s) {', '.join(bad)} became NaN or infinite in {label}")
         if self.test_data is not None:
             record.update({f"test_{k}": v for k, v in self.evaluate_loss(self.test_data).items()})
         record["seconds"] = seconds
@@ -299,6 +363,40 @@ class Trainer:
             )
         if self.run_dir is not None:
             self.save()
+
+    def _check_finite(self, finite: list[Tensor], bar) -> None:
+        """Raise :class:`TrainingDiverged` if a loss in ``finite`` (the device-side
+        ``isfinite`` of the last ``len(finite)`` steps, the current one last) was not finite.
+
+        One host synchronisation per call, so the loop checks every
+        :data:`FINITE_CHECK_EVERY` steps rather than every step; the check always runs
+        before a checkpoint is written, so a diverged step never overwrites a good one.
+        """
+        if not finite:
+            return
+        ok = torch.stack(finite)
+        finite.clear()
+        if bool(ok.all()):
+            return
+        first = int((~ok).nonzero()[0])
+        back = len(ok) - first - 1  # steps taken after the first non-finite one
+        bar.close()
+        raise self._diverged(
+            f"the training loss became NaN or infinite in {self._epoch_label()}, "
+            f"step {self.step_in_epoch - back}/{self.steps_per_epoch} (global step {self.global_step - back})"
+        )
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        """The one-line error for a diverged run, saying where its last good checkpoint is."""
+        if self.run_dir is None:
+            kept = "nothing was saved (no run directory)"
+        else:
+            try:
+                saved = read_json(self.run_dir / "state.json", "the training progress")
+                kept = f"the last good checkpoint (global step {saved.get('global_step')}) is in {self.run_dir}"
+            except UserError:
+                kept = f"no checkpoint had been written to {self.run_dir} yet"
+        return TrainingDiverged(f"{what}; {kept}; lower --lr or check the data")
 
     def _epoch_label(self) -> str:
         """``epoch 3/10``, or ``stage 2/2 (unimodal posteriors) epoch 3/10`` for staged methods."""
@@ -350,6 +448,11 @@ class Trainer:
             for sig, old in previous.items():
                 signal.signal(sig, old)
 
+    def _stop_requested(self) -> bool:
+        """A signal arrived; under torchrun, in any process, so that all stop after the same step."""
+        stop = self._stop_signal is not None
+        return self.dist.any(stop) if self.dist is not None else stop
+
     def _interrupt(self) -> None:
         if self.run_dir is not None:
             self.save()
@@ -370,6 +473,9 @@ class Trainer:
     def save(self) -> None:
         """Write parameters, optimizer and random states and progress, each file atomically."""
         assert self.run_dir is not None
+        rank_states = self.dist.rng_states() if self.dist is not None else {}  # collective
+        if not distributed.is_main():  # rank 0 alone writes
+            return
         model_sha = atomic_save_tensors(
             self.run_dir / "model.safetensors",
             dict(self.model.state_dict()),
@@ -381,6 +487,7 @@ class Trainer:
         state_tensors["rng/data_epoch_start"] = self.epoch_start_data_state
         if self.device.type == "cuda":
             state_tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
+        state_tensors.update(rank_states)
         state_sha = atomic_save_tensors(self.run_dir / "state.safetensors", state_tensors)
         progress = {
             "format": FORMAT,
@@ -420,3 +527,5 @@ class Trainer:
         self.global_step = int(progress["global_step"])
         metrics = read_json(run_dir / "metrics.json", "the training history")
         self.history = list(metrics.get("history", []))
+        if self.dist is not None:
+            self.dist.restore_rng_states(state, self.config.seed, self.global_step)
