@@ -58,6 +58,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--device", help="auto, cpu or cuda (default auto)")
     p.add_argument("--missing-rate", type=float, help="hide each modality at random with this probability during training")
+    p.add_argument("--precision", help="network arithmetic: fp32, or bf16/fp16 mixed precision for the encoder and decoder networks (default fp32)")
+    p.add_argument("--compile", help="torch.compile the training step: none, default, reduce-overhead (CUDA graphs) or max-autotune (default none)")
     p.add_argument("--warmup-epochs", type=float, help="linear KL warm-up over this many epochs (default: the method's; 5 for poe, 10 for jmvae, else 0)")
     p.add_argument("--backbone", help="network family: auto, mlp, conv, resnet (default auto)")
     p.add_argument("--hidden", help="MLP hidden widths, comma separated (default 512,512)")
@@ -234,7 +236,7 @@ def _load_config_file(path: str | None) -> dict:
         return {}
     file = Path(path)
     if not file.is_file():
-        raise UserError(f"--config {path}: no such file")
+        raise UserError(f"--config {path}: no such file; give a JSON file of option names to values")
     try:
         obj = json.loads(file.read_text())
     except (OSError, json.JSONDecodeError) as err:
@@ -300,9 +302,12 @@ def _parse_set(item: str) -> tuple[str, object]:
 def _parse_hidden(text: str) -> list[int]:
     """``"512,512"`` -> ``[512, 512]``."""
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        widths = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise UserError(f"--hidden must be comma-separated integers, got {text!r}") from None
+    if not widths:
+        raise UserError(f"--hidden lists no width, got {text!r}; give comma-separated integers such as 512,512")
+    return widths
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -314,12 +319,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     resume = options.pop("resume", None)
     if resume is not None:
         saved = check_run_dir(Path(resume))
-        fixed = sorted(set(options) - {"epochs", "device", "no_progress", "data_dir"})
+        fixed = sorted(set(options) - {"epochs", "device", "no_progress", "data_dir", "precision", "compile"})
         if fixed:
             flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
             raise UserError(
                 f"--resume continues a run with its own settings; {flags} cannot change them "
-                "(only --epochs, --device, --data-dir and --no-progress can); start a new run instead"
+                "(only --epochs, --device, --precision, --compile, --data-dir and --no-progress can); start a new run instead"
             )
         try:
             model_config = ModelConfig.from_json(saved["model"])
@@ -328,9 +333,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         except (KeyError, TypeError, AttributeError) as err:
             raise RunDirError(f"{resume}/config.json lacks a required entry or holds a malformed one ({err!r})") from None
         if "epochs" in options:
-            train_config.epochs = int(options["epochs"])
+            requested = int(options["epochs"])
+            if isinstance(train_config.epochs, int) and requested < train_config.epochs:
+                raise UserError(
+                    f"--epochs {requested} would shorten {resume}, which is set to {train_config.epochs} epoch(s); "
+                    f"--resume only continues or extends a run: give --epochs {train_config.epochs} or more"
+                )
+            train_config.epochs = requested
         if "device" in options:  # a run may continue elsewhere, e.g. on a machine without a GPU
             train_config.device = options["device"]
+        for how in ("precision", "compile"):  # how to compute, not what: free to change on resume
+            if how in options:
+                setattr(train_config, how, options[how])
         if options.get("no_progress"):
             train_config.progress = False
         data_dir = options.get("data_dir") or saved["dataset"].get("data_dir")
@@ -340,7 +354,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         known_train = {f.name for f in fields(TrainConfig)}
         unknown = set(options) - known_model - known_train - {"dataset", "data_dir", "out", "no_progress", "resume"}
         if unknown:
-            raise UserError(f"unknown option(s) in --config: {', '.join(sorted(unknown))}")
+            import difflib
+
+            known = sorted(known_model | known_train | {"dataset", "data_dir", "out", "no_progress"})
+            hints = [
+                f"{name} (did you mean {close[0]}?)" if (close := difflib.get_close_matches(name, known, n=1)) else name
+                for name in sorted(unknown)
+            ]
+            raise UserError(
+                f"unknown option(s) in --config: {', '.join(hints)}; the options are the long flags of "
+                "'omnivae train --help' with _ for -"
+            )
         model_config = ModelConfig(**{k: v for k, v in options.items() if k in known_model})
         model_config.model = options.get("model", DEFAULT_MODEL)
         train_config = TrainConfig(**{k: v for k, v in options.items() if k in known_train})
@@ -348,6 +372,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             train_config.warmup_epochs = MODELS[model_config.model].warmup_epochs
         if options.get("no_progress"):
             train_config.progress = False
+        if isinstance(train_config.epochs, int) and train_config.epochs < 1:
+            raise UserError(f"--epochs must be >= 1 for a new run, got {train_config.epochs}")
         dataset_name = _absolute_dataset(options.get("dataset", DEFAULT_DATASET))
         data_dir = options.get("data_dir")
         run_dir = Path(options["out"]) if "out" in options else new_run_dir(model_config.model, dataset_name)
@@ -420,7 +446,10 @@ def _check_impute_output(output: Path, form: str) -> None:
         return
     suffixes = HDF5_SUFFIXES if form == "hdf5" else (".npz",)
     if output.suffix.lower() not in suffixes:
-        raise UserError(f"--output {output} must end in {' or '.join(suffixes)}: the input is a {form} file")
+        raise UserError(
+            f"--output {output} must end in {' or '.join(suffixes)}: the input is an {form.upper()} file "
+            "and the output is written in its format"
+        )
     if output.is_dir():
         raise UserError(f"--output {output} is a folder; name a file ending in {' or '.join(suffixes)}")
 
@@ -505,7 +534,7 @@ def cmd_impute(args: argparse.Namespace) -> int:
     form = _impute_format(source)
     _check_impute_output(output, form)
     if args.batch_size < 1:
-        raise UserError("--batch-size must be >= 1")
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = resolve_device(args.device)
     run = load_run(args.run, device=device)
     expected = {m.name: m for m in run.modalities}
@@ -613,6 +642,16 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
             raise UserError(f"--betas must be comma-separated numbers, got {args.betas!r}") from None
         if "beta" in model_options:
             raise UserError("give either --beta or --betas, not both")
+    # Check every setting before the benchmark folder is made: a mistake must not leave
+    # an empty folder (or half the runs) behind.
+    from omnivae.models import ModelConfig
+    from omnivae.train import TrainConfig
+
+    if args.epochs < 1:
+        raise UserError(f"--epochs must be >= 1, got {args.epochs}")
+    for name in models:
+        ModelConfig(**{**model_options, "model": name}).validate()
+    TrainConfig(**train_options).validate()
     summary = run_benchmark(models, _absolute_dataset(args.dataset), args.seeds, Path(args.out), model_options, train_options,
                             _eval_options(args, args.metrics), data_dir=args.data_dir, betas=betas)
     print((Path(args.out) / "results.md").read_text())
@@ -673,6 +712,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry_point() -> None:
+    from omnivae.train.distributed import quiet_other_ranks
+
+    quiet_other_ranks()  # under torchrun, rank 0 alone prints
     sys.exit(main())
 
 

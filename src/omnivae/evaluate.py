@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from omnivae.data import load_dataset
-from omnivae.errors import UserError, unknown_name
+from omnivae.errors import DataError, UserError, unknown_name
 from omnivae.metrics.common import all_subsets
 from omnivae.report import evaluation_markdown, latent_map, metric_curves, sample_grid
 from omnivae.train import load_run, resolve_device
@@ -50,11 +50,23 @@ class EvalOptions:
             if name not in METRICS:
                 raise unknown_name("metric", name, METRICS)
         if self.num_importance_samples < 1:
-            raise UserError(f"the number of importance samples K must be >= 1, got {self.num_importance_samples}")
-        if self.batch_size < 1 or self.likelihood_batch_size < 1:
-            raise UserError("batch sizes must be >= 1")
+            raise UserError(
+                "the number of importance samples K (--num-importance-samples) must be >= 1, "
+                f"got {self.num_importance_samples}"
+            )
+        if self.batch_size < 1:
+            raise UserError(f"--eval-batch-size must be >= 1, got {self.batch_size}")
+        if self.likelihood_batch_size < 1:
+            raise UserError(f"the likelihood batch size must be >= 1, got {self.likelihood_batch_size}")
         if self.num_train is not None and self.num_train < 1:
             raise UserError(f"--num-train must be >= 1, got {self.num_train}")
+        if self.classifier_epochs < 1:
+            raise UserError(f"--classifier-epochs must be >= 1, got {self.classifier_epochs}")
+        if self.inception is not None and not Path(self.inception).expanduser().is_file():
+            raise UserError(
+                f"--inception {self.inception}: no such file; pass a TorchScript or safetensors "
+                "InceptionV3 file you have, or leave it out to use the classifier features"
+            )
 
 
 def parse_metrics(text: str | None) -> tuple[str, ...]:
@@ -97,9 +109,16 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     data = load_dataset(run.dataset_name, data_dir=options.data_dir or run.data_dir)
     if [m.to_json() for m in data.modalities] != [m.to_json() for m in run.modalities]:
         raise UserError(f"dataset {run.dataset_name!r} no longer has the modalities the run was trained on")
-    for name in options.metrics:
-        if name in NEEDS_LABELS:
-            require_labels(data.test, name)
+    labelled = [name for name in options.metrics if name in NEEDS_LABELS]
+    if labelled and (data.test.labels is None or data.train.labels is None):
+        rest = [name for name in options.metrics if name not in NEEDS_LABELS]
+        fix = f"or evaluate with --metrics {','.join(rest)}" if rest else "or pick metrics that need none (likelihood, recon)"
+        raise DataError(
+            f"the {', '.join(labelled)} metric{'s need' if len(labelled) > 1 else ' needs'} labels, and dataset "
+            f"{run.dataset_name!r} has none; add labels to the data {fix}"
+        )
+    for name in labelled:
+        require_labels(data.test, name)
     model = run.model
     torch.manual_seed(options.seed)
     results: dict = {"metrics": list(options.metrics)}

@@ -297,9 +297,27 @@ class MultimodalVAE(nn.Module):
         z = self.encode(x, mask).sample(torch.Size([num_samples]))
         return self.decode_mean(z)
 
+    def check_inputs(self, x: dict[str, Tensor]) -> None:
+        """Raise a :class:`DataError` naming the modality if ``x`` does not fit this model:
+        a modality it does not have, or a per-sample shape other than the one it was built for."""
+        unknown = [k for k in x if k not in self.names]
+        if unknown:
+            raise DataError(f"modalities {unknown} are not in this model (it has {self.names}); rename or drop them")
+        for spec in self.modalities:
+            if spec.name in x and tuple(x[spec.name].shape[1:]) != tuple(spec.shape):
+                raise DataError(
+                    f"modality {spec.name!r} has per-sample shape {tuple(x[spec.name].shape[1:])}, "
+                    f"the model expects {tuple(spec.shape)}; give [batch, {', '.join(map(str, spec.shape))}] values"
+                )
+
     @torch.no_grad()
     def impute(self, x: dict[str, Tensor], mask: dict[str, Tensor] | Tensor | None = None) -> dict[str, Tensor]:
-        """Fill unobserved modalities with the decoded posterior mean; keep observed values."""
+        """Fill unobserved modalities with the decoded posterior mean; keep observed values.
+
+        Raises:
+            DataError: if ``x`` holds a modality the model lacks or one of another shape.
+        """
+        self.check_inputs(x)
         mask_tensor = self.stack_mask(x, mask)
         filled = self.decode_mean(self.encode(x, mask_tensor).mean)
         out = {}
@@ -576,11 +594,15 @@ class ModelConfig:
         if self.prior not in PRIORS:
             raise unknown_name("prior", self.prior, list(PRIORS))
         if self.latent_dim < 1:
-            raise UserError(f"the latent size must be >= 1, got {self.latent_dim}")
-        if not self.beta >= 0:
-            raise UserError(f"beta must be >= 0, got {self.beta}")
+            raise UserError(f"the latent size (--latent-dim) must be >= 1, got {self.latent_dim}")
+        if not (self.beta >= 0 and math.isfinite(self.beta)):
+            raise UserError(f"beta (--beta, the weight of the KL term) must be a finite number >= 0, got {self.beta}")
         if self.num_samples < 1:
-            raise UserError(f"the number of importance samples K must be >= 1, got {self.num_samples}")
+            raise UserError(
+                f"the number of importance samples K (--num-samples) must be >= 1, got {self.num_samples}"
+            )
+        if self.num_random_subsets < 0:
+            raise UserError(f"--num-random-subsets must be >= 0, got {self.num_random_subsets}")
         if self.covariance not in ("diag", "lowrank"):
             raise unknown_name("covariance", self.covariance, ["diag", "lowrank"])
         if self.covariance == "lowrank" and self.rank < 1:

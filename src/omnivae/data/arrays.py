@@ -75,8 +75,12 @@ def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
             array of Python objects.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a folder, not an .npz file; pass a file saved with numpy.savez as npz:FILE")
     if not path.is_file():
         raise DataError(f"npz file {str(path)!r} not found; pass an existing file as npz:FILE")
+    if not _starts_like_npz(path):
+        raise DataError(f"{path} is not a valid .npz file (not a zip archive of .npy arrays); save it with numpy.savez")
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
@@ -102,6 +106,17 @@ def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                     f"{path}: array {key!r} cannot be read ({error}); the file is damaged"
                 ) from error
     return arrays
+
+
+def _starts_like_npz(path: Path) -> bool:
+    """True if ``path`` starts like a zip archive or a single ``.npy`` array (which
+    :func:`read_npz` reports on its own); numpy's error for anything else is misleading."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(6)
+    except OSError as error:
+        raise DataError(f"{path} cannot be read ({error.strerror or error}); check its permissions") from None
+    return head.startswith(b"PK") or head == b"\x93NUMPY"
 
 
 def _mask(arrays: Mapping[str, np.ndarray], key: str, n: int, source: str) -> np.ndarray:

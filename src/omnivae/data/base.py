@@ -97,7 +97,7 @@ class MultimodalDataset:
 
         n = length(names[0])
         if n == 0:
-            raise DataError(f"{self.name}: the dataset is empty (0 samples)")
+            raise DataError(f"{self.name}: the dataset is empty (0 samples); give it at least one sample")
         for spec in self.modalities:
             array = self.data[spec.name]
             if length(spec.name) != n:

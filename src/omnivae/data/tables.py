@@ -486,6 +486,11 @@ def read_csv_folder(
         DataError: one line naming the file, line and column, for any problem.
     """
     folder = Path(folder)
+    if folder.is_file():
+        raise DataError(
+            f"{folder} is a file, not a folder; csv:DIR takes a folder holding one <modality>.csv "
+            "per modality (use npz:FILE or hdf5:FILE for an .npz or HDF5 file)"
+        )
     if not folder.is_dir():
         raise DataError(
             f"CSV folder {str(folder)!r} not found; pass an existing folder as csv:DIR holding "

@@ -43,7 +43,10 @@ def atomic_save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[s
 
 def read_json(path: Path, what: str) -> dict:
     if not path.is_file():
-        raise RunDirError(f"{path.parent} is not an omnivae run: {path.name} is missing ({what})")
+        raise RunDirError(
+            f"{path.parent} is not an omnivae run: {path.name} is missing ({what}); "
+            "pass a folder that 'omnivae train' wrote"
+        )
     try:
         with open(path) as f:
             return json.load(f)

@@ -1,0 +1,606 @@
+"""The catalogue of user mistakes (issue 8): one named row per mistake, and what the user sees.
+
+Each row is a mistake a user can make on the command line (``CLI``), in a data file
+(``file``, read through ``omnivae train --dataset npz:/csv:/hdf5:``) or in the Python API
+(``API``), with fragments of the message the user must see. It is the list users and
+reviewers read; some rows repeat checks made elsewhere (tests/test_cli.py, test_train.py,
+test_data*.py) on purpose.
+
+Command-line and data-file rows run ``omnivae.cli.main`` in-process and check that
+
+- the exit status is 2;
+- stderr is exactly one line, ``omnivae: error: ...``, with no traceback, and it holds
+  every fragment: the valid names for an unknown name, the modality and the first bad
+  row for NaN or infinite values, the flag to change for a bad value;
+- nothing is half-written: every file and folder under the case's working folder (the
+  current directory, where outputs and default run folders go, and ``$OMNIVAE_CACHE``)
+  and under the shared trained run is exactly as before -- no output folder, no partial
+  or temporary file, no run file touched.
+
+API rows check the exception type (:mod:`omnivae.errors`: ``UserError`` and its
+subclasses ``DataError`` and ``RunDirError``), that the message is one line holding every
+fragment, and that nothing was written either.
+
+The catalogue, by where the mistake is made:
+
+- names: unknown model, dataset, aggregator, prior, backbone, metric, flag; an
+  abbreviated flag; unknown ``--set`` key; unknown device; a GPU that is not there;
+- values: latent size 0, negative or infinite beta, K = 0, missing rate outside [0, 1),
+  ``--epochs`` 0 or negative, negative ``--lr``, batch size 0 or larger than the data,
+  ``--hidden`` malformed or empty, ``--set`` malformed or of the wrong type, a text
+  where a number belongs;
+- ``--config``: missing, not JSON, an unknown key, a value of the wrong type;
+- run folders: ``--out`` that already holds files, ``--resume``/``evaluate``/``sample``/
+  ``impute`` on a folder that is not a run, ``--resume`` that changes the model's
+  settings or shortens the run;
+- data files: a missing file, a folder or a non-archive given as npz, a truncated npz,
+  a pickled (object) array, which is never unpickled, a string dtype, a scalar modality,
+  mismatched sample counts, NaN and infinite values, a row with every modality masked, an
+  empty dataset, a mask or labels of the wrong length; a missing CSV folder, a file given
+  as one, a ragged or non-numeric CSV; a file that is not HDF5;
+- evaluate: unknown metric, metrics that need labels on unlabelled data, K = 0, zero
+  classifier epochs, a missing Inception file;
+- sample: an unknown ``--given`` modality, ``--n 0``, an output that is not a PNG;
+- impute: modalities, shapes or dtypes that do not match the run, NaN in the input, a
+  missing input, an output of the wrong format, batch size 0, an unknown device;
+- benchmark: an unknown model, a bad model setting, malformed ``--betas``;
+- API: the same mistakes through ``ModelConfig``, ``TrainConfig``, ``load_dataset``,
+  ``build_aggregator``, ``EvalOptions``, ``dataset_from_arrays``, ``MultimodalDataset``,
+  ``read_npz``, ``load_run``, ``evaluate_run``, ``MultimodalVAE.impute``,
+  ``resolve_device`` and ``train``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import tiny_arrays, tiny_config, tiny_splits
+from omnivae.aggregators import build_aggregator
+from omnivae.cli import main
+from omnivae.data import load_dataset, load_npz
+from omnivae.data.arrays import dataset_from_arrays, read_npz
+from omnivae.data.base import ModalitySpec, MultimodalDataset
+from omnivae.errors import DataError, RunDirError, UserError
+from omnivae.evaluate import EvalOptions, evaluate_run
+from omnivae.metrics.common import require_labels
+from omnivae.models import ModelConfig
+from omnivae.train import TrainConfig, load_run, resolve_device, train
+
+N = 40  # rows of the shared data file; 32 train and 8 test (no labels, so a plain 80/20 split)
+TINY = ("--backbone", "mlp", "--hidden", "16", "--latent-dim", "4", "--batch-size", "16", "--epochs", "1", "--no-progress")
+TRAIN = ("train", "--model", "wb", "--dataset", "npz:{npz}", *TINY, "--device", "cpu", "--out", "{tmp}/out")
+
+
+def data_arrays(n: int = N, seed: int = 0) -> dict[str, np.ndarray]:
+    """The tiny modalities (uint8 image, float vector, bool bits) plus a 1-D float ``age``;
+    no labels, so that metrics needing them can be refused."""
+    arrays = tiny_arrays(n, seed)
+    del arrays["labels"]
+    arrays["age"] = np.random.default_rng(seed + 50).normal(40.0, 10.0, size=n)
+    return arrays
+
+
+@dataclass
+class Ctx:
+    """What a case's command line and setup can refer to."""
+
+    tmp: Path  # the case's own working folder (the current directory)
+    npz: Path  # the shared, valid data file
+    run: Path  # a run trained on it
+    data: Path | None = None  # what the case's setup wrote
+
+    def fill(self, text: str) -> str:
+        return text.format(tmp=self.tmp, npz=self.npz, run=self.run, data=self.data)
+
+
+# -- setups: each writes the case's bad input into the case's folder and returns its path --
+
+
+def npz_with(change: Callable[[dict[str, np.ndarray]], None], n: int = N) -> Callable[[Path], Path]:
+    """A setup writing the shared layout after ``change`` edits its arrays."""
+
+    def setup(tmp: Path) -> Path:
+        arrays = data_arrays(n)
+        change(arrays)
+        np.savez(tmp / "data.npz", **arrays)
+        return tmp / "data.npz"
+
+    return setup
+
+
+def _set(key: str, value) -> Callable[[dict[str, np.ndarray]], None]:
+    return lambda arrays: arrays.__setitem__(key, value)
+
+
+def _nan_vec(arrays: dict[str, np.ndarray]) -> None:
+    arrays["vec"][7, 2] = np.nan
+    arrays["vec"][9, 0] = np.nan
+
+
+def _inf_age(arrays: dict[str, np.ndarray]) -> None:
+    arrays["age"][12] = -np.inf
+
+
+def _empty_row(arrays: dict[str, np.ndarray]) -> None:
+    for name in ("img", "vec", "bits", "age"):
+        mask = np.ones(N, dtype=bool)
+        mask[3] = False
+        arrays[f"mask_{name}"] = mask
+
+
+def _empty(arrays: dict[str, np.ndarray]) -> None:
+    for name in list(arrays):
+        arrays[name] = arrays[name][:0]
+
+
+class _Trap:
+    """Unpickling this object would create the folder ``marker``: loading must never do it."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def pickled_npz(tmp: Path) -> Path:
+    traps = np.empty(N, dtype=object)
+    traps[:] = [_Trap(str(tmp / "unpickled")) for _ in range(N)]
+    arrays = data_arrays()
+    np.savez(tmp / "data.npz", **{**arrays, "vec": traps})
+    return tmp / "data.npz"
+
+
+def text_file(name: str, text: str) -> Callable[[Path], Path]:
+    def setup(tmp: Path) -> Path:
+        (tmp / name).write_text(text)
+        return tmp / name
+
+    return setup
+
+
+def folder(name: str) -> Callable[[Path], Path]:
+    def setup(tmp: Path) -> Path:
+        (tmp / name).mkdir()
+        return tmp / name
+
+    return setup
+
+
+def truncated_npz(tmp: Path) -> Path:
+    np.savez(tmp / "whole.npz", **data_arrays())
+    whole = (tmp / "whole.npz").read_bytes()
+    (tmp / "whole.npz").unlink()
+    (tmp / "data.npz").write_bytes(whole[: len(whole) // 2])
+    return tmp / "data.npz"
+
+
+def csv_folder(vec_csv: str) -> Callable[[Path], Path]:
+    def setup(tmp: Path) -> Path:
+        (tmp / "table").mkdir()
+        (tmp / "table" / "vec.csv").write_text(vec_csv)
+        (tmp / "table" / "bits.csv").write_text("a,b\n1,0\n0,1\n1,1\n")
+        return tmp / "table"
+
+    return setup
+
+
+def out_with_a_file(tmp: Path) -> Path:
+    (tmp / "out").mkdir()
+    (tmp / "out" / "keep.txt").write_text("mine")
+    return tmp / "out"
+
+
+def config_file(obj: object) -> Callable[[Path], Path]:
+    return text_file("options.json", json.dumps(obj))
+
+
+def impute_input(change: Callable[[dict[str, np.ndarray]], None]) -> Callable[[Path], Path]:
+    return npz_with(change, n=6)
+
+
+# -- the catalogue: command line and data files ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class CliCase:
+    """A mistake made through the ``omnivae`` command line.
+
+    Attributes:
+        id: a short readable name.
+        where: ``CLI`` (flags, run folders) or ``file`` (the content of a data file).
+        mistake: what the user did, for the catalogue table.
+        argv: the command line, with ``{tmp}``, ``{npz}``, ``{run}`` and ``{data}`` filled in.
+        expected: fragments the error line must hold.
+        setup: writes the case's input into its folder; its path is ``{data}``.
+    """
+
+    id: str
+    where: str
+    mistake: str
+    argv: tuple[str, ...]
+    expected: tuple[str, ...]
+    setup: Callable[[Path], Path] | None = None
+
+
+def T(*extra: str) -> tuple[str, ...]:
+    """``omnivae train`` on the shared data with tiny settings, plus ``extra`` (later flags win)."""
+    return (*TRAIN, *extra)
+
+
+def D(*extra: str) -> tuple[str, ...]:
+    """``omnivae train`` on the case's own npz file."""
+    return T("--dataset", "npz:{data}", *extra)
+
+
+IMPUTE = ("impute", "{run}", "--input", "{data}", "--output", "{tmp}/filled.npz", "--device", "cpu")
+SAMPLE = ("sample", "{run}", "--out", "{tmp}/samples.png", "--device", "cpu")
+EVALUATE = ("evaluate", "{run}", "--device", "cpu", "--no-figures")
+BENCH = ("benchmark", "--dataset", "npz:{npz}", "--out", "{tmp}/bench", "--seeds", "1", "--epochs", "1", "--no-progress")
+
+CLI_CASES = [
+    # names
+    CliCase("unknown-model", "CLI", "--model nope", T("--model", "nope"),
+            ("unknown model 'nope'", "choose one of", "mwb", "poe")),
+    CliCase("unknown-dataset", "CLI", "--dataset mnist-ish", T("--dataset", "mnist-ish"),
+            ("unknown dataset 'mnist-ish'", "polymnist", "npz:FILE", "csv:DIR")),
+    CliCase("unknown-aggregator", "CLI", "--aggregator median", T("--aggregator", "median"),
+            ("unknown aggregator 'median'", "mopoe", "poe", "mwb")),
+    CliCase("unknown-prior", "CLI", "--prior cauchy", T("--prior", "cauchy"),
+            ("unknown prior 'cauchy'", "laplace", "normal")),
+    CliCase("unknown-backbone", "CLI", "--backbone transformer", T("--backbone", "transformer"),
+            ("unknown backbone 'transformer'", "mlp", "conv")),
+    CliCase("unknown-flag", "CLI", "a flag omnivae does not have", T("--frobnicate", "3"),
+            ("--frobnicate", "--help")),
+    CliCase("abbreviated-flag", "CLI", "--latent for --latent-dim", T("--latent", "3"), ("--latent",)),
+    CliCase("text-for-a-number", "CLI", "--epochs x", T("--epochs", "x"), ("--epochs", "'x'")),
+    CliCase("unknown-set-key", "CLI", "--set with a key the method lacks",
+            T("--model", "mmvae+", "--set", "nope=3"), ("mmvae+ has no option 'nope'", "w_dim")),
+    CliCase("malformed-set", "CLI", "--set without =VALUE", T("--model", "mmvae+", "--set", "w_dim"),
+            ("--set takes KEY=VALUE", "'w_dim'")),
+    CliCase("set-wrong-type", "CLI", "--set w_dim=abc for an integer option",
+            T("--model", "mmvae+", "--set", "w_dim=abc"), ("w_dim", "mmvae+", "integer", "'abc'")),
+    CliCase("unknown-device", "CLI", "--device tpu", T("--device", "tpu"), ("'tpu'", "auto, cpu or cuda")),
+    CliCase("absent-gpu", "CLI", "--device cuda:99 (no such GPU here)", T("--device", "cuda:99"),
+            ("--device", "cuda")),
+    # values
+    CliCase("latent-size-zero", "CLI", "--latent-dim 0", T("--latent-dim", "0"), ("--latent-dim", ">= 1", "got 0")),
+    CliCase("negative-beta", "CLI", "--beta -1", T("--beta=-1"), ("--beta", ">= 0", "-1")),
+    CliCase("infinite-beta", "CLI", "--beta inf", T("--beta", "inf"), ("--beta", "finite", "inf")),
+    CliCase("k-zero", "CLI", "--num-samples 0 (K importance samples)", T("--model", "moe", "--num-samples", "0"),
+            ("K", "--num-samples", ">= 1", "got 0")),
+    CliCase("missing-rate-above-one", "CLI", "--missing-rate 1.5", T("--missing-rate", "1.5"),
+            ("--missing-rate", "[0, 1)", "1.5")),
+    CliCase("missing-rate-negative", "CLI", "--missing-rate -0.1", T("--missing-rate=-0.1"),
+            ("--missing-rate", "[0, 1)", "-0.1")),
+    CliCase("epochs-zero", "CLI", "--epochs 0 for a new run", T("--epochs", "0"), ("--epochs", ">= 1", "got 0")),
+    CliCase("epochs-negative", "CLI", "--epochs -3", T("--epochs=-3"), ("--epochs", "got -3")),
+    CliCase("negative-lr", "CLI", "--lr -0.01", T("--lr=-0.01"), ("--lr", "positive", "-0.01")),
+    CliCase("batch-size-zero", "CLI", "--batch-size 0", T("--batch-size", "0"), ("--batch-size", ">= 1", "got 0")),
+    CliCase("batch-larger-than-data", "CLI", "--batch-size 1000 with 32 training rows", T("--batch-size", "1000"),
+            ("--batch-size 1000", "32 training samples", "use at most 32")),
+    CliCase("malformed-hidden", "CLI", "--hidden 16,a", T("--hidden", "16,a"), ("--hidden", "integers", "'16,a'")),
+    CliCase("empty-hidden", "CLI", "--hidden ,", T("--hidden", ","), ("--hidden", "no width")),
+    # --config
+    CliCase("config-missing", "CLI", "--config of a file that is not there", T("--config", "nowhere.json"),
+            ("--config nowhere.json", "no such file")),
+    CliCase("config-not-json", "CLI", "--config of a file that is not JSON", T("--config", "{data}"),
+            ("--config", "not valid JSON"), text_file("options.json", "{model: mwb")),
+    CliCase("config-unknown-key", "CLI", "--config with a misspelt option", T("--config", "{data}"),
+            ("unknown option", "latnet_dim (did you mean latent_dim?)"), config_file({"latnet_dim": 3})),
+    CliCase("config-wrong-type", "CLI", "--config with a text for a number", T("--config", "{data}"),
+            ("'latent_dim'", "integer", '"4"'), config_file({"latent_dim": "4"})),
+    # run folders
+    CliCase("out-not-empty", "CLI", "--out of a folder that holds files", T("--out", "{data}"),
+            ("already exists and is not empty", "--resume"), out_with_a_file),
+    CliCase("resume-not-a-run", "CLI", "--resume of a folder that is not a run", ("train", "--resume", "{tmp}"),
+            ("not an omnivae run", "config.json", "'omnivae train' wrote")),
+    CliCase("resume-other-settings", "CLI", "--resume of a finished run with other model settings",
+            ("train", "--resume", "{run}", "--model", "poe", "--latent-dim", "8"),
+            ("--latent-dim, --model cannot change them", "start a new run")),
+    CliCase("resume-shorter", "CLI", "--resume with fewer --epochs than the run has",
+            ("train", "--resume", "{run}", "--epochs", "0"), ("--epochs 0 would shorten", "--epochs 1 or more")),
+    CliCase("evaluate-not-a-run", "CLI", "evaluate a folder that is not a run", ("evaluate", "{tmp}"),
+            ("not an omnivae run", "config.json is missing")),
+    CliCase("sample-not-a-run", "CLI", "sample a run folder that is not there",
+            ("sample", "{tmp}/nothing", "--out", "{tmp}/samples.png"), ("is not a directory", "omnivae train")),
+    CliCase("impute-not-a-run", "CLI", "impute with a folder that is not a run",
+            ("impute", "{tmp}", "--input", "{npz}", "--output", "{tmp}/filled.npz"), ("not an omnivae run",)),
+    # data files
+    CliCase("npz-missing", "file", "npz:FILE of a file that is not there", T("--dataset", "npz:{tmp}/absent.npz"),
+            ("absent.npz", "not found", "npz:FILE")),
+    CliCase("npz-is-a-folder", "file", "npz:FILE naming a folder", D(), ("is a folder, not an .npz file",),
+            folder("data.npz")),
+    CliCase("npz-not-an-archive", "file", "a text file named .npz", D(),
+            ("not a valid .npz file", "numpy.savez"), text_file("data.npz", "a,b\n1,2\n")),
+    CliCase("npz-truncated", "file", "an .npz file cut short", D(), ("not a valid .npz file",), truncated_npz),
+    CliCase("npz-pickled-objects", "file", "a modality stored as Python objects (pickled)", D(),
+            ("'vec' holds Python objects", "never loads"), pickled_npz),
+    CliCase("npz-string-dtype", "file", "a modality of strings", D(),
+            ("modality 'vec' has dtype <U", "store uint8 images"), npz_with(_set("vec", np.array([["a", "b"]] * N)))),
+    CliCase("npz-scalar-modality", "file", "a modality that is one number", D(),
+            ("modality 'vec' is a single value", "first axis must be samples"), npz_with(_set("vec", np.float32(3)))),
+    CliCase("npz-sample-counts", "file", "modalities with different numbers of rows", D(),
+            ("modality 'vec' has 39 samples", "'img' has 40"),
+            npz_with(lambda a: a.__setitem__("vec", a["vec"][:39]))),
+    CliCase("npz-nan", "file", "NaN values in a modality", D(),
+            ("modality 'vec'", "NaN or infinite values in row 7", "mask_vec[7] = False"), npz_with(_nan_vec)),
+    CliCase("npz-infinite", "file", "an infinite value in a modality", D(),
+            ("modality 'age'", "row 12", "mask_age[12] = False"), npz_with(_inf_age)),
+    CliCase("npz-row-all-masked", "file", "a row with every modality masked", D(),
+            ("row 3 has every modality masked", "drop it"), npz_with(_empty_row)),
+    CliCase("npz-empty", "file", "a dataset with 0 rows", D(), ("0 rows", "at least one sample"), npz_with(_empty)),
+    CliCase("npz-mask-length", "file", "a mask_<modality> of the wrong length", D(),
+            ("mask_vec has shape (39,)", "expected (40,)"), npz_with(_set("mask_vec", np.ones(39, dtype=bool)))),
+    CliCase("npz-labels-length", "file", "labels of the wrong length", D(),
+            ("labels has shape (39,)", "(40,)"), npz_with(_set("labels", np.zeros(39, dtype=np.int64)))),
+    CliCase("csv-missing", "file", "csv:DIR of a folder that is not there", T("--dataset", "csv:{tmp}/absent"),
+            ("CSV folder", "not found", "csv:DIR")),
+    CliCase("csv-is-a-file", "file", "csv:DIR naming a file", T("--dataset", "csv:{npz}"),
+            ("is a file, not a folder", "npz:FILE")),
+    CliCase("csv-ragged", "file", "a CSV row with a cell missing", T("--dataset", "csv:{data}"),
+            ("vec.csv line 3 has 2 cells but the header has 3 columns",), csv_folder("a,b,c\n1,2,3\n4,5\n6,7,8\n")),
+    CliCase("csv-not-a-number", "file", "a CSV cell that is not a number", T("--dataset", "csv:{data}"),
+            ("vec.csv line 3, column 'b': 'abc' is not a number",), csv_folder("a,b,c\n1,2,3\n4,abc,6\n6,7,8\n")),
+    CliCase("hdf5-not-hdf5", "file", "hdf5:FILE of a file that is not HDF5", T("--dataset", "hdf5:{data}"),
+            ("data.h5", "HDF5"), text_file("data.h5", "not hdf5")),
+    # evaluate
+    CliCase("evaluate-unknown-metric", "CLI", "evaluate --metrics probe,bleu", (*EVALUATE, "--metrics", "probe,bleu"),
+            ("unknown metric 'bleu'", "coherence", "likelihood", "recon")),
+    CliCase("evaluate-needs-labels", "CLI", "evaluate metrics that need labels on unlabelled data",
+            (*EVALUATE, "--metrics", "probe,coherence,recon"),
+            ("the probe, coherence metrics need labels", "has none", "--metrics recon")),
+    CliCase("evaluate-k-zero", "CLI", "evaluate --num-importance-samples 0", (*EVALUATE, "--num-importance-samples", "0"),
+            ("--num-importance-samples", ">= 1", "got 0")),
+    CliCase("evaluate-classifier-epochs-zero", "CLI", "evaluate --classifier-epochs 0",
+            (*EVALUATE, "--classifier-epochs", "0"), ("--classifier-epochs", ">= 1")),
+    CliCase("evaluate-missing-inception", "CLI", "evaluate --inception of a file that is not there",
+            (*EVALUATE, "--inception", "{tmp}/absent.pt"), ("--inception", "absent.pt", "no such file")),
+    # sample
+    CliCase("sample-unknown-given", "CLI", "sample --given a modality the run lacks", (*SAMPLE, "--given", "vec,sound"),
+            ("--given sound", "not a modality of this run", "img, vec, bits, age")),
+    CliCase("sample-n-zero", "CLI", "sample --n 0", (*SAMPLE, "--n", "0"), ("--n", ">= 1")),
+    CliCase("sample-not-png", "CLI", "sample --out of a .jpg", (*SAMPLE, "--out", "{tmp}/samples.jpg"), (".png",)),
+    # impute
+    CliCase("impute-unknown-modality", "file", "impute input with a modality the run lacks", IMPUTE,
+            ("['sound'] are not in the run", "'img'"), impute_input(_set("sound", np.zeros((6, 3), np.float32)))),
+    CliCase("impute-wrong-shape", "file", "impute input whose modality has another shape", IMPUTE,
+            ("'vec'", "(7,)", "the run expects (6,)"), impute_input(_set("vec", np.zeros((6, 7), np.float32)))),
+    CliCase("impute-wrong-dtype", "file", "impute input with an image stored as floats", IMPUTE,
+            ("'img'", "reads as vector data", "expects image", "uint8"),
+            impute_input(lambda a: a.__setitem__("img", a["img"].astype(np.float32)))),
+    CliCase("impute-nan", "file", "impute input with NaN in an observed row", IMPUTE,
+            ("modality 'vec'", "row 2"), impute_input(lambda a: a["vec"].__setitem__((2, 0), np.nan))),
+    CliCase("impute-missing-input", "CLI", "impute --input of a file that is not there",
+            ("impute", "{run}", "--input", "{tmp}/absent.npz", "--output", "{tmp}/filled.npz"),
+            ("absent.npz", "not found")),
+    CliCase("impute-output-format", "CLI", "impute --output .txt for an npz input",
+            ("impute", "{run}", "--input", "{npz}", "--output", "{tmp}/filled.txt"), ("--output", "must end in .npz")),
+    CliCase("impute-batch-size-zero", "CLI", "impute --batch-size 0",
+            ("impute", "{run}", "--input", "{npz}", "--output", "{tmp}/filled.npz", "--batch-size", "0"),
+            ("--batch-size", ">= 1", "got 0")),
+    CliCase("impute-unknown-device", "CLI", "impute --device tpu",
+            ("impute", "{run}", "--input", "{npz}", "--output", "{tmp}/filled.npz", "--device", "tpu"),
+            ("'tpu'", "cpu")),
+    # benchmark
+    CliCase("benchmark-unknown-model", "CLI", "benchmark --models poe,nope", (*BENCH, "--models", "poe,nope"),
+            ("unknown model 'nope'", "mwb")),
+    CliCase("benchmark-latent-size-zero", "CLI", "benchmark --latent-dim 0", (*BENCH, "--models", "poe", "--latent-dim", "0"),
+            ("--latent-dim", ">= 1")),
+    CliCase("benchmark-malformed-betas", "CLI", "benchmark --betas 1,x", (*BENCH, "--models", "poe", "--betas", "1,x"),
+            ("--betas", "numbers", "'1,x'")),
+]
+
+
+# -- the catalogue: the Python API --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiCase:
+    """A mistake made through the Python API: ``call(ctx)`` must raise ``error``."""
+
+    id: str
+    mistake: str
+    call: Callable[[Ctx], object]
+    error: type[UserError]
+    expected: tuple[str, ...]
+
+
+def _arrays(**extra: np.ndarray) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {"a": rng.normal(size=(10, 3)).astype(np.float32), "b": rng.random((10, 2)) < 0.5, **extra}
+
+
+def _nan_row_5() -> dict[str, np.ndarray]:
+    arrays = _arrays()
+    arrays["a"][5, 1] = np.nan
+    return arrays
+
+
+def _masked_row_4() -> dict[str, np.ndarray]:
+    mask = np.ones(10, dtype=bool)
+    mask[4] = False
+    return _arrays(mask_a=mask, mask_b=mask)
+
+
+def _labelled_run_options() -> EvalOptions:
+    return EvalOptions(metrics=("probe", "recon"), device="cpu", figures=False, progress=False)
+
+
+def _train_into_existing_folder(ctx: Ctx) -> object:
+    out_with_a_file(ctx.tmp)
+    config = TrainConfig(epochs=1, batch_size=16, device="cpu", progress=False)
+    return train(tiny_config("wb"), config, tiny_splits(48, 16), "tiny", ctx.tmp / "out")
+
+
+API_CASES = [
+    ApiCase("api-unknown-model", "ModelConfig(model='nope')", lambda c: ModelConfig(model="nope").validate(),
+            UserError, ("unknown model 'nope'", "mwb", "poe")),
+    ApiCase("api-unknown-aggregator", "build_aggregator('median')", lambda c: build_aggregator("median"),
+            UserError, ("unknown aggregator 'median'", "mopoe")),
+    ApiCase("api-unknown-dataset", "load_dataset('mnist-ish')", lambda c: load_dataset("mnist-ish"),
+            UserError, ("unknown dataset 'mnist-ish'", "polymnist")),
+    ApiCase("api-unknown-metric", "EvalOptions(metrics=('bleu',))", lambda c: EvalOptions(metrics=("bleu",)).validate(),
+            UserError, ("unknown metric 'bleu'", "probe")),
+    ApiCase("api-unknown-option", "ModelConfig(model='mmvae+', options={'nope': 1})",
+            lambda c: ModelConfig(model="mmvae+", options={"nope": 1}).validate(), UserError, ("no option 'nope'", "w_dim")),
+    ApiCase("api-latent-size-zero", "ModelConfig(latent_dim=0)", lambda c: ModelConfig(latent_dim=0).validate(),
+            UserError, ("latent size", ">= 1")),
+    ApiCase("api-negative-beta", "ModelConfig(beta=-0.5)", lambda c: ModelConfig(beta=-0.5).validate(),
+            UserError, ("beta", ">= 0", "-0.5")),
+    ApiCase("api-k-zero", "ModelConfig(num_samples=0)", lambda c: ModelConfig(num_samples=0).validate(),
+            UserError, ("importance samples K", ">= 1")),
+    ApiCase("api-missing-rate", "TrainConfig(missing_rate=1.5)", lambda c: TrainConfig(missing_rate=1.5).validate(),
+            UserError, ("missing-rate", "[0, 1)")),
+    ApiCase("api-negative-epochs", "TrainConfig(epochs=-1)", lambda c: TrainConfig(epochs=-1).validate(),
+            UserError, ("epochs", ">= 0")),
+    ApiCase("api-batch-larger-than-data", "TrainConfig(batch_size=64) for 48 rows",
+            lambda c: TrainConfig(batch_size=64).validate(48), UserError, ("larger than the 48 training samples",)),
+    ApiCase("api-wrong-type", "TrainConfig(lr='1e-3')", lambda c: TrainConfig(lr="1e-3").validate(),
+            UserError, ("lr must be a number",)),
+    ApiCase("api-nan", "dataset_from_arrays with NaN in row 5", lambda c: dataset_from_arrays(_nan_row_5()),
+            DataError, ("modality 'a'", "row 5")),
+    ApiCase("api-sample-counts", "dataset_from_arrays with 10 and 9 rows",
+            lambda c: dataset_from_arrays(_arrays(b=np.zeros((9, 2), bool))), DataError, ("'b' has 9 samples", "10")),
+    ApiCase("api-row-all-masked", "dataset_from_arrays with row 4 masked everywhere",
+            lambda c: dataset_from_arrays(_masked_row_4()), DataError, ("row 4 has every modality masked",)),
+    ApiCase("api-wrong-dtype", "dataset_from_arrays with a complex modality",
+            lambda c: dataset_from_arrays(_arrays(a=np.zeros((10, 3), np.complex64))), DataError, ("'a'", "complex64")),
+    ApiCase("api-empty-dataset", "MultimodalDataset of 0 rows",
+            lambda c: MultimodalDataset((ModalitySpec("a", (3,)),), {"a": torch.zeros(0, 3)}), DataError, ("empty",)),
+    ApiCase("api-wrong-shape", "MultimodalDataset whose data does not fit its spec",
+            lambda c: MultimodalDataset((ModalitySpec("a", (3,)),), {"a": torch.zeros(4, 2)}),
+            DataError, ("'a'", "(2,)", "expected (3,)")),
+    ApiCase("api-pickled-npz", "read_npz of an object array", lambda c: read_npz(pickled_npz(c.tmp)),
+            DataError, ("holds Python objects",)),
+    ApiCase("api-missing-file", "load_npz of a missing file", lambda c: load_npz(c.tmp / "absent.npz"),
+            DataError, ("absent.npz", "not found")),
+    ApiCase("api-not-a-run", "load_run of a folder that is not a run", lambda c: load_run(c.tmp),
+            RunDirError, ("not an omnivae run",)),
+    ApiCase("api-needs-labels", "evaluate_run with the probe on unlabelled data",
+            lambda c: evaluate_run(c.run, _labelled_run_options()), DataError, ("probe metric needs labels",)),
+    ApiCase("api-require-labels", "require_labels on unlabelled data",
+            lambda c: require_labels(load_npz(c.npz).test, "coherence"), DataError, ("coherence metric needs labels",)),
+    ApiCase("api-impute-unknown-modality", "model.impute with a modality the model lacks",
+            lambda c: load_run(c.run).model.impute({"vec": torch.zeros(2, 6), "sound": torch.zeros(2, 3)}),
+            DataError, ("['sound']", "not in this model")),
+    ApiCase("api-impute-wrong-shape", "model.impute with a modality of another shape",
+            lambda c: load_run(c.run).model.impute({"vec": torch.zeros(2, 7)}), DataError, ("'vec'", "(7,)", "(6,)")),
+    ApiCase("api-unknown-device", "resolve_device('tpu')", lambda c: resolve_device("tpu"),
+            UserError, ("'tpu'",)),
+    ApiCase("api-absent-gpu", "resolve_device('cuda:99')", lambda c: resolve_device("cuda:99"), UserError, ("cuda",)),
+    ApiCase("api-existing-run-folder", "train into a folder that holds files", _train_into_existing_folder,
+            UserError, ("already exists", "--resume")),
+]
+
+
+# -- running a case ---------------------------------------------------------------------------
+
+
+def tree(*roots: Path) -> dict[str, tuple[int, int] | None]:
+    """Every file (size, mtime) and folder (None) under ``roots``."""
+    state: dict[str, tuple[int, int] | None] = {}
+    for root in roots:
+        for path in [root, *root.rglob("*")] if root.exists() else []:
+            stat = path.stat()
+            state[str(path)] = None if path.is_dir() else (stat.st_size, stat.st_mtime_ns)
+    return state
+
+
+def run_cli_case(case: CliCase, ctx: Ctx, capsys) -> str:
+    """Run the case's command line; check status, the one line and the file tree; return the line."""
+    if case.setup is not None:
+        ctx.data = case.setup(ctx.tmp)
+    argv = [ctx.fill(arg) for arg in case.argv]
+    before = tree(ctx.tmp, ctx.run)
+    capsys.readouterr()
+    status = main(argv)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    assert status == 2, (status, captured.err)
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].strip(), captured.err
+    line = lines[0]
+    assert line.startswith("omnivae: error: ")
+    for fragment in case.expected:
+        assert ctx.fill(fragment) in line, (fragment, line)
+    assert tree(ctx.tmp, ctx.run) == before, "a failed command must leave no file behind and change none"
+    return line
+
+
+def run_api_case(case: ApiCase, ctx: Ctx) -> str:
+    """Call the case; check the exception type, its one-line message and the file tree; return it."""
+    before = tree(ctx.run)
+    with pytest.raises(UserError) as info:
+        case.call(ctx)
+    assert isinstance(info.value, case.error), (type(info.value), info.value)
+    message = str(info.value)
+    assert "\n" not in message and message.strip()
+    for fragment in case.expected:
+        assert fragment in message, (fragment, message)
+    assert tree(ctx.run) == before
+    assert not (ctx.tmp / "unpickled").exists()
+    return message
+
+
+# -- fixtures and tests ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> tuple[Path, Path]:
+    """The valid data file and a run trained on it for one epoch."""
+    folder = tmp_path_factory.mktemp("bad-input")
+    npz = folder / "data.npz"
+    np.savez(npz, **data_arrays())
+    run = folder / "run"
+    argv = ["train", "--model", "wb", "--dataset", f"npz:{npz}", *TINY, "--device", "cpu", "--out", str(run)]
+    assert main(argv) == 0
+    return npz, run
+
+
+@pytest.fixture
+def ctx(shared, tmp_path, monkeypatch) -> Ctx:
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # default run folders and relative paths land here
+    monkeypatch.setenv("OMNIVAE_CACHE", str(work / "cache"))
+    npz, run = shared
+    return Ctx(tmp=work, npz=npz, run=run)
+
+
+def test_the_catalogue_is_complete():
+    ids = [c.id for c in CLI_CASES] + [c.id for c in API_CASES]
+    assert len(ids) == len(set(ids)), "case names are unique"
+    assert len(ids) >= 26
+    for case in CLI_CASES:
+        assert case.where in ("CLI", "file") and case.expected
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[c.id for c in CLI_CASES])
+def test_command_line_mistake(case: CliCase, ctx: Ctx, capsys):
+    if case.id == "hdf5-not-hdf5":
+        pytest.importorskip("h5py")
+    run_cli_case(case, ctx, capsys)
+
+
+@pytest.mark.parametrize("case", API_CASES, ids=[c.id for c in API_CASES])
+def test_api_mistake(case: ApiCase, ctx: Ctx):
+    run_api_case(case, ctx)
+
+
+def test_a_pickled_array_is_never_unpickled(ctx: Ctx, capsys):
+    """The trap's ``__reduce__`` would create a folder if anything unpickled it."""
+    case = next(c for c in CLI_CASES if c.id == "npz-pickled-objects")
+    run_cli_case(case, ctx, capsys)
+    assert not (ctx.tmp / "unpickled").exists()
+    with pytest.raises(ValueError):  # numpy itself refuses without allow_pickle
+        np.load(ctx.data, allow_pickle=False)["vec"]
+    assert not (ctx.tmp / "unpickled").exists()
