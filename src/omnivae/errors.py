@@ -20,6 +20,15 @@ class RunDirError(UserError):
     """A directory that is not a usable omnivae run."""
 
 
+class TrainingDiverged(UserError, FloatingPointError):
+    """The training loss became NaN or infinite; the last good checkpoint was kept.
+
+    A user error (exit status 2 on the command line, one line) because the remedy is the
+    user's: a lower learning rate or cleaner data. Also a :class:`FloatingPointError`, which
+    the trainer raised before, so existing handlers keep catching it.
+    """
+
+
 def unknown_name(kind: str, name: str, valid: list[str] | tuple[str, ...]) -> UserError:
     """The standard error for a name that is not in a registry, listing the valid ones."""
     return UserError(f"unknown {kind} {name!r}; choose one of: {', '.join(sorted(valid))}")

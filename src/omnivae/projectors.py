@@ -33,13 +33,28 @@ from omnivae.errors import UserError
 __all__ = ["cca_total_correlation", "dcca_loss", "contrastive_loss"]
 
 
+def _ridged(covariance: Tensor, eps: float) -> Tensor:
+    """``covariance + r I`` with ``r = eps``, or the smallest ridge the precision resolves.
+
+    A ridge below the rounding error of the covariance's largest entries is lost in the
+    addition: a singular covariance (fewer samples than dimensions, as in a batch with few
+    fully observed rows) of projections on the scale of 100 in float32 then fails the
+    Cholesky factorisation. The floor, ``10 d u max_i Σ_ii`` (``u`` the unit roundoff),
+    only takes over where ``eps`` would have no effect anyway; it carries no gradient.
+    """
+    d = covariance.shape[-1]
+    floor = 10 * d * torch.finfo(covariance.dtype).eps * covariance.diagonal().max().detach()
+    ridge = floor.clamp_min(eps)
+    return covariance + ridge * torch.eye(d, dtype=covariance.dtype, device=covariance.device)
+
+
 def _covariances(h1: Tensor, h2: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
     """Centred ``Σ11 + eps I``, ``Σ22 + eps I`` and ``Σ12``, normalised by ``N - 1``."""
     n = h1.shape[0]
     c1 = h1 - h1.mean(0, keepdim=True)
     c2 = h2 - h2.mean(0, keepdim=True)
-    s11 = c1.T @ c1 / (n - 1) + eps * torch.eye(h1.shape[1], dtype=h1.dtype, device=h1.device)
-    s22 = c2.T @ c2 / (n - 1) + eps * torch.eye(h2.shape[1], dtype=h2.dtype, device=h2.device)
+    s11 = _ridged(c1.T @ c1 / (n - 1), eps)
+    s22 = _ridged(c2.T @ c2 / (n - 1), eps)
     s12 = c1.T @ c2 / (n - 1)
     return s11, s22, s12
 
