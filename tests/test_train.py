@@ -388,7 +388,7 @@ def test_trainer_applies_the_warmup_to_the_kl_weight(splits, monkeypatch):
     model, objective = build_model(tiny_config("wb"), splits.modalities)
 
     def recording(model, x, mask, kl_weight=1.0):
-        seen.append(kl_weight)
+        seen.append(float(kl_weight))  # a device tensor the trainer refills each step
         return type(objective).__call__(objective, model, x, mask, kl_weight)
 
     trainer = Trainer(model, recording, splits.train, _train_config(epochs=2, warmup_epochs=1))

@@ -16,9 +16,9 @@ from typing import Protocol
 
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, kl_divergence
+from torch.distributions import Distribution
 
-from omnivae.distributions import GaussianExperts, SubsetMixture
+from omnivae.distributions import GaussianExperts, SubsetMixture, kl_divergence
 from omnivae.errors import UserError
 from omnivae.functional import log_mean_exp
 from omnivae.stages import Stage

@@ -57,10 +57,10 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, constraints, kl_divergence
+from torch.distributions import Distribution, constraints
 
 from omnivae.data.base import ModalitySpec
-from omnivae.distributions import GaussianExperts, diagonal_normal
+from omnivae.distributions import GaussianExperts, diagonal_normal, kl_divergence
 from omnivae.errors import DataError, UserError, unknown_name
 from omnivae.models import ModelConfig, ModelParts, MultimodalVAE, PriorDividedProduct, Recipe
 from omnivae.nn import MLP, GaussianEncoder, JointEncoder, build_encoder, build_joint_encoder

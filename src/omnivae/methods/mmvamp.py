@@ -45,11 +45,11 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, constraints, kl_divergence
+from torch.distributions import Distribution, constraints
 
 from omnivae.aggregators import Aggregator
 from omnivae.data.base import ModalitySpec
-from omnivae.distributions import GaussianExperts, SubsetMixture, diagonal_normal
+from omnivae.distributions import GaussianExperts, SubsetMixture, diagonal_normal, kl_divergence
 from omnivae.errors import DataError, UserError
 from omnivae.functional import kl_normal_standard
 from omnivae.models import ModelConfig, ModelParts, MultimodalVAE, Recipe, RowwiseChoice

@@ -26,6 +26,7 @@ from torch.distributions import (
 )
 
 from omnivae.errors import UserError, unknown_name
+from omnivae.nn.precision import full_precision, network_autocast
 
 __all__ = [
     "COVARIANCES",
@@ -120,13 +121,14 @@ class GaussianEncoder(nn.Module):
             ``loc [B, D]``, ``scale [B, D]`` (a standard deviation) and ``cov_factor
             [B, D, rank]``, or ``None`` for a diagonal covariance.
         """
-        h = self.body(x)
-        loc = self.loc(h)
-        logvar = soft_clamp(self.logvar(h), self.logvar_min, self.logvar_max)
+        with network_autocast(x.device):
+            h = self.body(x)
+            loc = full_precision(self.loc(h))
+            raw_logvar = full_precision(self.logvar(h))
+            raw_factor = None if self.factor is None else full_precision(self.factor(h))
+        logvar = soft_clamp(raw_logvar, self.logvar_min, self.logvar_max)
         scale = torch.exp(0.5 * logvar)
-        factor = None
-        if self.factor is not None:
-            factor = self.factor(h).unflatten(-1, (self.latent_dim, self.rank))
+        factor = None if raw_factor is None else raw_factor.unflatten(-1, (self.latent_dim, self.rank))
         return loc, scale, factor
 
 
@@ -304,4 +306,6 @@ class Decoder(nn.Module):
         Returns:
             The likelihood with ``batch_shape [N]`` and ``event_shape`` the modality's shape.
         """
-        return self.head(self.body(z))
+        with network_autocast(z.device):
+            raw = self.body(z)
+        return self.head(full_precision(raw))

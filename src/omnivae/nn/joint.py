@@ -24,6 +24,7 @@ from omnivae.errors import unknown_name
 from omnivae.nn.backbones import MLP
 from omnivae.nn.factory import build_encoder
 from omnivae.nn.heads import GaussianEncoder
+from omnivae.nn.precision import network_autocast
 
 __all__ = ["JOINT_ENCODERS", "JointEncoder", "build_joint_encoder"]
 
@@ -84,8 +85,10 @@ class JointEncoder(nn.Module):
         Returns:
             ``loc [B, D]`` and ``scale [B, D]`` (standard deviations).
         """
-        features = torch.cat([self.heads[name](x[name]) for name in self.names], dim=-1)
-        loc, scale, _ = self.gaussian(self.merge(features))
+        first = x[self.names[0]]
+        with network_autocast(first.device):
+            features = self.merge(torch.cat([self.heads[name](x[name]) for name in self.names], dim=-1))
+        loc, scale, _ = self.gaussian(features)
         return loc, scale
 
 

@@ -235,10 +235,13 @@ class Trainer:
         chosen = {id(p) for p in trainable}
         for parameter in self.model.parameters():
             parameter.requires_grad_(id(parameter) in chosen)
-        # The fused CUDA kernel updates every tensor in one launch; the CPU keeps the default
-        # (bit-identical resume is promised there).
-        fused = self.device.type == "cuda" and bool(trainable)
-        self.optimizer = torch.optim.Adam(trainable, lr=self.config.lr, fused=fused or None)
+        # One multi-tensor update instead of a Python loop over parameters: the fused kernel
+        # on CUDA, the foreach path on the CPU (where the per-tensor default costs about a
+        # fifth of a small network's step). Either is deterministic, so resume stays exact.
+        if self.device.type == "cuda":
+            self.optimizer = torch.optim.Adam(trainable, lr=self.config.lr, fused=True)
+        else:
+            self.optimizer = torch.optim.Adam(trainable, lr=self.config.lr, foreach=True)
         self.stage_index = index
         self.stage_start_step = sum(s.epochs for s in self.stages[:index]) * self.steps_per_epoch
 
