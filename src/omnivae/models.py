@@ -168,6 +168,15 @@ class MultimodalVAE(nn.Module):
             raise DataError("every row needs at least one observed modality to encode")
         return self.aggregator.infer(self.encode_experts(x, mask_tensor), mask_tensor)
 
+    @staticmethod
+    def subset_masks(subsets: Tensor, observed: Tensor) -> Tensor:
+        """Masks ``[M, S, B]`` of ``subsets [S, M]`` intersected with ``observed [M, B]``;
+        a subset left with no observed modality in some row is a :class:`DataError`."""
+        masks = subsets.t().unsqueeze(-1).to(observed.device) & observed.unsqueeze(1)
+        if not bool(masks.any(0).all()):
+            raise DataError("a subset has no observed modality in some row; every posterior needs one")
+        return masks
+
     def subset_posteriors(
         self, x: dict[str, Tensor], subsets: Tensor, mask: dict[str, Tensor] | Tensor | None = None
     ) -> Distribution:
@@ -184,9 +193,7 @@ class MultimodalVAE(nn.Module):
         """
         observed = self.stack_mask(x, mask)
         experts = self.encode_experts(x, observed)
-        masks = subsets.t().unsqueeze(-1).to(observed.device) & observed.unsqueeze(1)  # [M, S, B]
-        if not bool(masks.any(0).all()):
-            raise DataError("a subset has no observed modality in some row; every posterior needs one")
+        masks = self.subset_masks(subsets, observed)  # [M, S, B]
         return self.aggregator.infer(experts.expand_samples(torch.Size([subsets.shape[0]])), masks)
 
     # -- generation ----------------------------------------------------------------------
@@ -542,9 +549,7 @@ class JointEncoderVAE(MultimodalVAE):
         """
         observed = self.stack_mask(x, mask)
         experts = self.encode_experts(x, observed)
-        masks = subsets.t().unsqueeze(-1).to(observed.device) & observed.unsqueeze(1)  # [M, S, B]
-        if not bool(masks.any(0).all()):
-            raise DataError("a subset has no observed modality in some row; every posterior needs one")
+        masks = self.subset_masks(subsets, observed)  # [M, S, B]
         inferred = self.aggregator.infer(experts.expand_samples(torch.Size([subsets.shape[0]])), masks)
         return self._with_joint(x, masks.all(0), inferred)
 

@@ -331,9 +331,7 @@ class JNFVAE(MultimodalVAE):
             mask: What is observed in ``x`` (default: everything present).
         """
         observed = self.stack_mask(x, mask)
-        masks = subsets.t().unsqueeze(-1).to(observed.device) & observed.unsqueeze(1)  # [M, S, B]
-        if not bool(masks.any(0).all()):
-            raise DataError("a subset has no observed modality in some row; every posterior needs one")
+        masks = self.subset_masks(subsets, observed)  # [M, S, B]
         return self.posterior(x, masks)
 
     def joint_posterior(self, x: dict[str, Tensor], mask: dict[str, Tensor] | Tensor | None = None) -> Distribution:

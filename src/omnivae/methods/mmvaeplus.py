@@ -324,9 +324,7 @@ class MMVAEPlus(MultimodalVAE):
         """
         observed = self.stack_mask(x, mask)
         blocks = self.encode_blocks(x)
-        masks = subsets.t().unsqueeze(-1).to(observed.device) & observed.unsqueeze(1)  # [M, S, B]
-        if not bool(masks.any(0).all()):
-            raise DataError("a subset has no observed modality in some row; every posterior needs one")
+        masks = self.subset_masks(subsets, observed)  # [M, S, B]
         count = subsets.shape[0]
         shared = self.aggregator.infer(blocks.shared.expand_samples(torch.Size([count])), masks)
         loc = blocks.loc.unsqueeze(1).expand(-1, count, -1, -1)

@@ -318,9 +318,7 @@ class BlockLatentVAE(MultimodalVAE):
         """
         observed = self.stack_mask(x, mask)
         experts = self.encode_experts(x, observed)
-        masks = subsets.t().unsqueeze(-1).to(observed.device) & observed.unsqueeze(1)  # [M, S, B]
-        if not bool(masks.any(0).all()):
-            raise DataError("a subset has no observed modality in some row; every posterior needs one")
+        masks = self.subset_masks(subsets, observed)  # [M, S, B]
         return self.block_posterior(experts.expand_samples(torch.Size([subsets.shape[0]])), masks)
 
     def decoder_input(self, name: str, z: Tensor) -> Tensor:

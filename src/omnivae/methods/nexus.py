@@ -230,9 +230,7 @@ class Nexus(MultimodalVAE):
             A diagonal Gaussian with batch ``[S, B]`` and event ``[D]``.
         """
         observed = self.stack_mask(x, mask)
-        masks = subsets.t().unsqueeze(-1).to(observed.device) & observed.unsqueeze(1)  # [M, S, B]
-        if not bool(masks.any(0).all()):
-            raise DataError("a subset has no observed modality in some row; every posterior needs one")
+        masks = self.subset_masks(subsets, observed)  # [M, S, B]
         messages = self._observed_messages(x)  # [M, B, msg]
         expanded = messages.unsqueeze(1).expand(-1, subsets.shape[0], -1, -1)
         return self.top_posterior(expanded, masks)
