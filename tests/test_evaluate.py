@@ -208,3 +208,24 @@ def test_a_run_on_npz_data_can_be_evaluated_from_another_folder(tmp_path, monkey
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     assert main(["evaluate", str(tmp_path / "run"), "--metrics", "recon", "--no-figures", *EVAL]) == 0
+
+
+def test_evaluate_reports_hmc_statistics_of_a_jnf_run_and_none_for_closed_form_models(npz, run, tmp_path, capsys):
+    jnf_run = tmp_path / "jnf"
+    assert main(["train", "--model", "jnf", "--dataset", f"npz:{npz}", "--epochs", "1", *TINY,
+                 "--set", "hmc_steps=3", "--set", "hmc_leapfrog=2", "--set", "flow_hidden=8",
+                 "--out", str(jnf_run)]) == 0
+    assert main(["evaluate", str(jnf_run), "--metrics", "coherence", "--no-figures", *EVAL]) == 0
+    capsys.readouterr()
+    results = json.loads((jnf_run / "eval.json").read_text())
+    stats = results["sampler"]["coherence"]
+    assert 0.0 <= stats["acceptance_rate"] <= 1.0
+    # The three pairs of the three modalities need HMC, one chain per test row each, 3 steps.
+    test_rows = results["run"]["test samples"]
+    assert stats["chain_steps"] >= 3 * test_rows * 3 and stats["chain_steps"] % 3 == 0
+    assert stats["hmc_steps"] == 3 and stats["leapfrog_steps"] == 2
+    assert stats["chain_steps_per_second"] == pytest.approx(stats["chain_steps"] / stats["seconds"])
+    assert "HMC for subset posteriors" in (jnf_run / "report.md").read_text()
+
+    assert main(["evaluate", str(run), "--metrics", "coherence", "--no-figures", *EVAL]) == 0
+    assert "sampler" not in json.loads((run / "eval.json").read_text())

@@ -349,3 +349,46 @@ def test_decoder_scale_override() -> None:
     assert decoder.head.scale == 0.1
     decoder = build_decoder(VECTOR, LATENT, hidden=HIDDEN, likelihood="gaussian", scale=2.0)
     assert decoder(torch.zeros(1, LATENT)).base_dist.scale.unique().item() == 2.0
+
+
+@pytest.mark.parametrize(
+    "head, target_kind",
+    [
+        (LaplaceHead((2, 3, 3), scale=0.6, sigmoid_loc=True), "unit"),
+        (LaplaceHead((5,), scale=2.0), "real"),
+        (GaussianHead((2, 3, 3), scale=0.3, sigmoid_loc=True), "unit"),
+        (GaussianHead((5,), scale=1.7, learn_scale=True), "real"),
+        (BernoulliHead((2, 3, 3)), "unit"),
+        (CategoricalHead((4, 6)), "onehot"),
+    ],
+    ids=["laplace-image", "laplace-vector", "gaussian-image", "gaussian-learned", "bernoulli", "categorical"],
+)
+def test_broadcast_log_prob_equals_the_distribution_on_a_repeated_target(head, target_kind: str) -> None:
+    """The closed forms of ``head.log_prob(raw [C, B, ...], target [B, ...])`` equal torch's
+    distributions scored against C copies of the target, values and gradients (float64)."""
+    torch.manual_seed(0)
+    head = head.double()
+    if head.__class__ is GaussianHead and head.log_scale is not None:
+        with torch.no_grad():
+            head.log_scale.copy_(torch.randn_like(head.log_scale))
+    copies, batch, shape = 3, 4, head.event_shape
+    raw = torch.randn(copies, batch, *shape, dtype=torch.float64, requires_grad=True)
+    if target_kind == "unit":
+        target = torch.rand(batch, *shape, dtype=torch.float64)
+    elif target_kind == "real":
+        target = 3 * torch.randn(batch, *shape, dtype=torch.float64)
+    else:
+        target = torch.nn.functional.one_hot(torch.randint(shape[-1], (batch, shape[0])), shape[-1]).double()
+    differentiable_target = target_kind != "onehot"  # torch's OneHotCategorical scores argmax(x)
+    target.requires_grad_(differentiable_target)
+    mine = head.log_prob(raw, target)
+    assert mine.shape == (copies, batch)
+    repeated = target.expand(copies, *target.shape).reshape(copies * batch, *shape)
+    theirs = head(raw.reshape(copies * batch, *shape)).log_prob(repeated).reshape(copies, batch)
+    torch.testing.assert_close(mine, theirs, rtol=1e-12, atol=1e-10)
+    weights = torch.randn(copies, batch, dtype=torch.float64)
+    parameters = [raw, *([target] if differentiable_target else []), *head.parameters()]
+    grads_mine = torch.autograd.grad((mine * weights).sum(), parameters)
+    grads_theirs = torch.autograd.grad((theirs * weights).sum(), parameters)
+    for a, b in zip(grads_mine, grads_theirs):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

@@ -369,7 +369,7 @@ def test_subsampled_elbo_decodes_only_what_its_terms_reconstruct():
     mask[1, :3] = False
     calls = []
     for name, decoder in model.decoders.items():
-        decoder.register_forward_hook(lambda module, args, out, name=name: calls.append((name, args[0].shape[0])))
+        decoder.body.register_forward_hook(lambda module, args, out, name=name: calls.append((name, args[0].shape[0])))
     torch.manual_seed(3)
     selective = objective(model, x, mask).loss
     rows_decoded = sum(n for _, n in calls)

@@ -123,6 +123,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     torch.manual_seed(options.seed)
     results: dict = {"metrics": list(options.metrics)}
     timings: dict[str, float] = {}
+    sampler: dict[str, dict[str, float]] = {}
     classifiers = None
     common = dict(batch_size=options.batch_size, device=device)
     if any(m in options.metrics for m in ("coherence", "fd")):
@@ -135,6 +136,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         timings["classifiers"] = time.perf_counter() - started
     if "coherence" in options.metrics:
         started = time.perf_counter()
+        model.reset_sampler_statistics()
         _log(options, "coherence ...")
         coherence = conditional_coherence(model, data.test, classifiers, seed=options.seed, **common)
         coherence["joint"] = joint_coherence(
@@ -142,15 +144,19 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         )
         results["coherence"] = coherence
         timings["coherence"] = time.perf_counter() - started
+        _record_sampler(model, "coherence", sampler)
     if "probe" in options.metrics:
         started = time.perf_counter()
+        model.reset_sampler_statistics()
         _log(options, "latent linear probe ...")
         results["probe"] = linear_probe(
             model, data.train, data.test, num_train=options.num_train, seed=options.seed, **common
         )
         timings["probe"] = time.perf_counter() - started
+        _record_sampler(model, "probe", sampler)
     if "likelihood" in options.metrics:
         started = time.perf_counter()
+        model.reset_sampler_statistics()
         _log(options, f"log-likelihoods (K = {options.num_importance_samples}) ...")
         lik_options = dict(
             num_samples=options.num_importance_samples, batch_size=options.likelihood_batch_size, device=device
@@ -160,19 +166,26 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         likelihood["num_samples"] = options.num_importance_samples
         results["likelihood"] = likelihood
         timings["likelihood"] = time.perf_counter() - started
+        _record_sampler(model, "likelihood", sampler)
     if "fd" in options.metrics:
         started = time.perf_counter()
+        model.reset_sampler_statistics()
         _log(options, "Frechet distances ...")
         feature_fn = load_inception_features(options.inception) if options.inception else None
         results["fd"] = generation_frechet(
             model, data.test, classifiers, seed=options.seed, feature_fn=feature_fn, **common
         )
         timings["fd"] = time.perf_counter() - started
+        _record_sampler(model, "fd", sampler)
     if "recon" in options.metrics:
         started = time.perf_counter()
+        model.reset_sampler_statistics()
         results["recon"] = reconstruction_error(model, data.test, **common)
         timings["recon"] = time.perf_counter() - started
+        _record_sampler(model, "recon", sampler)
     results["seconds"] = timings
+    if sampler:
+        results["sampler"] = sampler
     path = Path(run_dir)
     if options.figures:
         results["figures"] = draw_figures(run, data.test, results, path / "figures", options.seed)
@@ -188,6 +201,13 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     atomic_write_json(path / "eval.json", results)
     atomic_write_bytes(path / "report.md", evaluation_markdown(results, header).encode())
     return results
+
+
+def _record_sampler(model, metric: str, into: dict[str, dict[str, float]]) -> None:
+    """Keep the MCMC totals (JNF's HMC: acceptance rate, chain-steps per second) of one metric."""
+    statistics = model.sampler_statistics()
+    if statistics is not None:
+        into[metric] = statistics
 
 
 def draw_samples(run, data, given: Sequence[str], count: int, seed: int = 0) -> tuple[dict, dict]:

@@ -203,7 +203,8 @@ class JNFVAE(MultimodalVAE):
     Inference (:meth:`encode`, :meth:`subset_posteriors`, :meth:`joint_posterior`) returns
     :class:`JNFPosterior`. ``hmc`` holds the sampler's settings (mutable, so evaluation
     may change them on a loaded model); ``last_hmc_acceptance`` is the acceptance rate
-    of the latest HMC run, ``hmc_chain_steps`` and ``hmc_seconds`` add up all runs, and
+    of the latest HMC run, ``hmc_chain_steps`` and ``hmc_seconds`` add up all runs since
+    :meth:`reset_sampler_statistics` (:meth:`sampler_statistics` sums them up), and
     ``last_improper_fraction`` is the share of Eq. 12 targets of the latest ``mean`` or
     ``log_prob`` table that look improper (:attr:`JNFPosterior.improper`).
 
@@ -239,8 +240,31 @@ class JNFVAE(MultimodalVAE):
         self.hmc.validate()
         self.last_hmc_acceptance: float | None = None
         self.last_improper_fraction: float | None = None
+        self.reset_sampler_statistics()
+
+    def reset_sampler_statistics(self) -> None:
         self.hmc_chain_steps = 0
+        self.hmc_sampling_chain_steps = 0
+        self.hmc_accepted_chain_steps = 0.0
         self.hmc_seconds = 0.0
+        self.hmc_runs = 0
+
+    def sampler_statistics(self) -> dict[str, float] | None:
+        """HMC totals of the Eq. 12 subset posteriors: acceptance rate (accepted over all
+        sampling chain-steps), chain-steps, seconds, chain-steps per second, runs and the
+        sampler's settings; ``None`` when no subset needed HMC."""
+        if self.hmc_runs == 0:
+            return None
+        return {
+            "acceptance_rate": self.hmc_accepted_chain_steps / max(self.hmc_sampling_chain_steps, 1),
+            "chain_steps": float(self.hmc_chain_steps),
+            "seconds": self.hmc_seconds,
+            "chain_steps_per_second": self.hmc_chain_steps / self.hmc_seconds if self.hmc_seconds > 0 else float("nan"),
+            "runs": float(self.hmc_runs),
+            "hmc_steps": float(self.hmc.num_steps),
+            "leapfrog_steps": float(self.hmc.leapfrog_steps),
+            "step_size": float(self.hmc.step_size),
+        }
 
     # -- pieces -------------------------------------------------------------------------
     def has_every_modality(self, x: dict[str, Tensor]) -> bool:
@@ -659,7 +683,11 @@ class JNFPosterior(Distribution):
             adapt_steps=settings.adapt_steps,
         )
         model.hmc_seconds += time.perf_counter() - started
-        model.hmc_chain_steps += initial[..., 0].numel() * (settings.num_steps + settings.adapt_steps)
+        chains = initial[..., 0].numel()
+        model.hmc_chain_steps += chains * (settings.num_steps + settings.adapt_steps)
+        model.hmc_sampling_chain_steps += chains * settings.num_steps
+        model.hmc_accepted_chain_steps += result.acceptance_rate * chains * settings.num_steps
+        model.hmc_runs += 1
         model.last_hmc_acceptance = result.acceptance_rate
         return result.samples
 

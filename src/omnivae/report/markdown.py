@@ -73,6 +73,14 @@ def evaluation_markdown(results: Mapping, header: Mapping[str, object]) -> str:
         rows = [[n, rec["self"].get(n), rec.get("cross", {}).get(n), rec["joint"].get(n)] for n in names]
         out += ["", "## Reconstruction error (mean squared error)", "",
                 table(["modality", "from itself", "from the others", "from all"], rows)]
+    if "sampler" in results:
+        rows = [[metric, stats.get("acceptance_rate"), stats.get("chain_steps"), stats.get("seconds"),
+                 stats.get("chain_steps_per_second")] for metric, stats in results["sampler"].items()]
+        any_stats = next(iter(results["sampler"].values()))
+        settings = (f"{int(any_stats.get('hmc_steps', 0))} steps x {int(any_stats.get('leapfrog_steps', 0))} "
+                    f"leapfrog, step size {fmt(any_stats.get('step_size'), 4)}")
+        out += ["", f"## HMC for subset posteriors (Eq. 12; {settings})", "",
+                table(["metric", "acceptance rate", "chain-steps", "seconds", "chain-steps / s"], rows)]
     figures = results.get("figures", [])
     if figures:
         out += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
