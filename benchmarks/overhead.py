@@ -126,7 +126,9 @@ def measure(args: argparse.Namespace, name: str) -> dict:
     step_seconds = timed(step, args.repeats)
     calls = _record_calls(_networks(model), step)
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(parameters, lr=1e-3, **({"fused": True} if device.type == "cuda" else {"foreach": True}))
+    # The same optimizer kind as the trainer's (fused, CPU included): a foreach Adam here
+    # costs 4-5x the step's own update and made floor+adam exceed the step.
+    optimizer = type(trainer.optimizer)(parameters, **trainer.optimizer.defaults)
 
     def floor() -> None:
         with networks_in(trainer.network_dtype):

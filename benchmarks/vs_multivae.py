@@ -46,7 +46,8 @@ What is identical
 - **Data.** omnivae's offline PolyMNIST (5 modalities of 3x28x28, 4,000 training
   samples), the same rows in both (MultiVae gets them as float tensors in a
   ``MultimodalBaseDataset``; omnivae keeps its uint8 storage and scales per batch).
-- **Optimiser and loop.** Adam, lr 1e-3, latent 20, the batch size given, shuffled
+- **Optimiser and loop.** Adam, lr 1e-3 (each library's trainer builds it: torch's fused
+  kernel in omnivae, torch's default in MultiVae), latent 20, the batch size given, shuffled
   batches with the last partial batch dropped, ``--warmup`` untimed steps, then
   ``--steps`` timed steps (capped by ``--max-seconds``), ``torch.set_num_threads(--threads)``.
   omnivae: ``Trainer.train_step`` on ``MultimodalDataset.batches``. MultiVae: what its
