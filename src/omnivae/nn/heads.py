@@ -269,20 +269,21 @@ class _SigmoidAbsoluteError(torch.autograd.Function):
 
     Autograd through sigmoid, subtraction and abs keeps two full-size tensors per decode
     (the sigmoid's output and the difference); this keeps one, the derivative
-    ``d/d raw = -sign(target - loc) * loc * (1 - loc)``, computed while the forward values
-    are at hand. For MMVAE's K x M decoded copies that is the largest saved tensor of the step.
+    ``d/d raw = sign(loc - target) * loc * (1 - loc)``, computed while the forward values
+    are at hand, in five passes over memory where the unfused form takes about ten. For MMVAE's K x M decoded copies that is the largest saved tensor of the step.
     """
 
     @staticmethod
     def forward(ctx, raw: Tensor, target: Tensor, event_dims: int) -> Tensor:  # type: ignore[override]
         loc = torch.sigmoid(raw)
-        difference = target - loc
-        sign = difference.sign()
-        total = difference.abs_().flatten(-event_dims).sum(-1)
+        excess = loc - target
+        total = torch.linalg.vector_norm(excess.flatten(-event_dims), 1, dim=-1)
+        sign = excess.sign_()  # d|loc - target| / d loc, in place: the difference is not needed again
         ctx.event_dims = event_dims
         ctx.target_shape = target.shape
-        raw_derivative = sign.mul(loc).mul_(loc - 1) if ctx.needs_input_grad[0] else None
-        target_derivative = sign if ctx.needs_input_grad[1] else None
+        # sigmoid_backward(g, loc) = g * loc * (1 - loc) in one pass over memory.
+        raw_derivative = torch.ops.aten.sigmoid_backward(sign, loc) if ctx.needs_input_grad[0] else None
+        target_derivative = sign.neg() if ctx.needs_input_grad[1] else None
         ctx.save_for_backward(raw_derivative, target_derivative)
         return total
 
