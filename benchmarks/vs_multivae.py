@@ -72,7 +72,8 @@ What is identical
 
 Memory: on the CPU, the peak resident set of the worker process (``ru_maxrss``), which
 includes each library's imports (``base MB``, the RSS before the model is built, is in the
-JSON lines); on CUDA, ``torch.cuda.max_memory_allocated`` after the warm-up steps.
+JSON lines; ``step MB ratio`` divides the two libraries' peaks above that common base);
+on CUDA, ``torch.cuda.max_memory_allocated`` after the warm-up steps.
 
 Usage::
 
@@ -684,7 +685,7 @@ def main() -> None:
     if not args.no_train:
         header = (
             f"{'method':12} {'backbone':8} {'batch':>5} {'params':>9} {'omnivae/s':>10} {'MultiVae/s':>10} {'ratio':>6} "
-            f"{'omni MB':>8} {'MV MB':>8} {'mem ratio':>9} {'target':>7}"
+            f"{'omni MB':>8} {'MV MB':>8} {'mem ratio':>9} {'step MB ratio':>13} {'target':>7}"
         )
         print(header)
         print("-" * len(header), flush=True)
@@ -706,15 +707,21 @@ def main() -> None:
                         sv = statistics.median(r["samples_per_second"] for r in v) if v else None
                         mo = statistics.median(r["peak_mb"] for r in o) if o else None
                         mvm = statistics.median(r["peak_mb"] for r in v) if v else None
+                        # Above the RSS both workers share before a model exists (torch, both
+                        # libraries' imports, the uint8 data): model, optimiser, the library's
+                        # own data copy and the step's activations.
+                        ao = statistics.median(r["peak_mb"] - r["base_mb"] for r in o) if o else None
+                        av = statistics.median(r["peak_mb"] - r["base_mb"] for r in v) if v else None
                         params = (o or v or [{"params": None}])[0]["params"]
                         ratio = so / sv if so and sv else None
                         mem_ratio = mo / mvm if mo and mvm else None
+                        step_mem_ratio = ao / av if ao and av else None
                         title = m.title + (f" st{stage}" if len(m.stages) > 1 else "")
                         target = f">={m.goal:g}x" if m.goal else "-"
                         print(
                             f"{title:12} {backbone:8} {bs:>5} {_fmt(params, 'd'):>9} {_fmt(so, '.0f'):>10} "
                             f"{_fmt(sv, '.0f'):>10} {_fmt(ratio, '.2f'):>6} {_fmt(mo, '.0f'):>8} {_fmt(mvm, '.0f'):>8} "
-                            f"{_fmt(mem_ratio, '.2f'):>9} {target:>7}",
+                            f"{_fmt(mem_ratio, '.2f'):>9} {_fmt(step_mem_ratio, '.2f'):>13} {target:>7}",
                             flush=True,
                         )
     if args.hmc or args.coherence:
