@@ -7,7 +7,8 @@ forward and backward pass of the networks alone on the same tensors (decoder inp
 require a gradient, as latents do in the step), with nothing of the method around them:
 no aggregation, likelihood, KL or sampling. The ratio step / floor is what the library
 adds on top of the networks; ``floor+adam`` adds the optimizer update, which a step
-cannot avoid, to the floor.
+cannot avoid, to the floor. The step, the floor and floor+adam are timed in turn within
+each of ``--repeats`` rounds; the ratios printed are the medians of the per-round ratios.
 
 What is not counted as network: JNF's normalising flows and MMVAE+'s/Nexus's extra
 heads are part of the "method" here, so their ratios overstate the overhead.
@@ -110,20 +111,16 @@ def measure(args: argparse.Namespace, name: str) -> dict:
     def step() -> None:
         trainer.train_step(batch.x, mask)
 
-    def timed(function, repeats: int) -> float:
-        for _ in range(args.warmup):
+    def block(function) -> float:
+        start = time.perf_counter()
+        for _ in range(args.steps):
             function()
         sync()
-        samples = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                function()
-            sync()
-            samples.append((time.perf_counter() - start) / args.steps)
-        return statistics.median(samples)
+        return (time.perf_counter() - start) / args.steps
 
-    step_seconds = timed(step, args.repeats)
+    for _ in range(args.warmup):
+        step()
+    sync()
     calls = _record_calls(_networks(model), step)
     parameters = [p for p in model.parameters() if p.requires_grad]
     # The same optimizer kind as the trainer's (fused, CPU included): a foreach Adam here
@@ -135,13 +132,26 @@ def measure(args: argparse.Namespace, name: str) -> dict:
             total = sum(out.float().sum() for module, inputs in calls for out in _outputs(module(*inputs)))
         total.backward()
 
+    def floor_only() -> None:
+        model.zero_grad(set_to_none=True)
+        floor()
+
     def floor_and_adam() -> None:
         optimizer.zero_grad(set_to_none=True)
         floor()
         optimizer.step()
 
-    floor_seconds = timed(lambda: (model.zero_grad(set_to_none=True), floor()), args.repeats)
-    adam_seconds = timed(floor_and_adam, args.repeats)
+    for function in (floor_only, floor_and_adam):
+        for _ in range(args.warmup):
+            function()
+    sync()
+    # The three are timed in turn within every repeat, and the ratios are taken per repeat:
+    # a shared machine's speed drifts by 20% over minutes, and timing the step, then the
+    # floor, then floor+Adam in separate blocks put that drift into the ratios.
+    rounds = [(block(step), block(floor_only), block(floor_and_adam)) for _ in range(args.repeats)]
+    step_seconds = statistics.median(r[0] for r in rounds)
+    floor_seconds = statistics.median(r[1] for r in rounds)
+    adam_seconds = statistics.median(r[2] for r in rounds)
     return {
         "model": name,
         "stage": args.stage,
@@ -150,8 +160,8 @@ def measure(args: argparse.Namespace, name: str) -> dict:
         "step_ms": 1000 * step_seconds,
         "floor_ms": 1000 * floor_seconds,
         "floor_adam_ms": 1000 * adam_seconds,
-        "ratio": step_seconds / floor_seconds,
-        "ratio_with_adam": step_seconds / adam_seconds,
+        "ratio": statistics.median(r[0] / r[1] for r in rounds),
+        "ratio_with_adam": statistics.median(r[0] / r[2] for r in rounds),
         "samples_per_second": args.batch_size / step_seconds,
     }
 
