@@ -270,7 +270,8 @@ class _SigmoidAbsoluteError(torch.autograd.Function):
     Autograd through sigmoid, subtraction and abs keeps two full-size tensors per decode
     (the sigmoid's output and the difference); this keeps one, the derivative
     ``d/d raw = sign(loc - target) * loc * (1 - loc)``, computed while the forward values
-    are at hand, in five passes over memory where the unfused form takes about ten. For MMVAE's K x M decoded copies that is the largest saved tensor of the step.
+    are at hand, in five passes over memory where the unfused form takes about ten. For
+    MMVAE's K x M decoded copies that is the largest saved tensor of the step.
     """
 
     @staticmethod
