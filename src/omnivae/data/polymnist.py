@@ -730,6 +730,7 @@ ENTRIES = (
             n_test=10000,
             offline=True,
             needs="Debian's dataset-fashion-mnist package (apt install dataset-fashion-mnist)",
+            missing=lambda: None if _first_idx_folder([FASHION_MNIST_DIR]) else "apt install dataset-fashion-mnist",
         ),
         lambda data_dir, seed: load_polyfashion(data_dir, seed),
     ),

@@ -8,8 +8,10 @@ prefix loader registered with :func:`register_prefix` in the same way.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from omnivae.data.arrays import load_npz
 from omnivae.data.base import DatasetSplits, ModalitySpec
@@ -139,8 +141,32 @@ def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> Datas
         return _PREFIXES[prefix].loader(argument, seed)
     if name in _BUILDERS:
         return _BUILDERS[name](data_dir, seed)
+    prefixed = _with_prefix(name)
+    if prefixed is not None:
+        raise DataError(f"unknown dataset {name!r}; for your own data write the format before the path: {prefixed}")
     valid = list(DATASETS) + [entry.form for entry in _PREFIXES.values()]
     raise unknown_name("dataset", name, valid)
+
+
+def _with_prefix(name: str) -> str | None:
+    """``npz:train.npz`` for ``train.npz``: the prefixed form of a name that looks like a
+    file or folder of the user's own data, or ``None``.
+
+    Example:
+        >>> _with_prefix("train.npz"), _with_prefix("tables/a.csv"), _with_prefix("mnist")
+        ('npz:train.npz', 'csv:tables', None)
+    """
+    path = Path(name)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return f"npz:{name}"
+    if suffix in (".h5", ".hdf5"):
+        return f"hdf5:{name}"
+    if suffix == ".csv":
+        return f"csv:{path.parent}"
+    if name.endswith(("/", os.sep)) or path.is_dir():
+        return f"csv:{name}"
+    return None
 
 
 def dataset_table() -> str:
@@ -164,6 +190,7 @@ def dataset_table() -> str:
 
     lines = [line(header), line(tuple("-" * w for w in widths)), *map(line, rows), ""]
     lines.append("'ready' datasets are built offline from installed packages on first use and cached;")
+    lines.append("'missing' ones lack a package or files on this machine (see 'needs' below);")
     lines.append("the others read their real files from --data-dir DIR.")
     lines.append("")
     for info in DATASETS.values():
