@@ -139,7 +139,9 @@ def run_benchmark(
     atomic_write_json(out / "results.json", {"header": header, "summary": summary})
     curves = _curves(per_run)
     if curves:
-        metric_curves(curves, out / "figures" / "metrics_vs_inputs.png", title=f"{dataset}, {seeds} seed(s)")
+        chance = next((r["chance"] for runs in per_run.values() for r in runs if r.get("chance")), None)
+        metric_curves(curves, out / "figures" / "metrics_vs_inputs.png", title=f"{dataset}, {seeds} seed(s)",
+                      chance=chance)
     if betas is not None and len(betas) > 1:
         series = {
             name: [(float(beta), summary[f"{name} beta={beta:g}"]) for beta in betas]

@@ -162,7 +162,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--given", help="comma-separated modalities to condition on (default: none, sample the prior)")
     p.add_argument("--n", type=int, default=8, help="number of test examples / samples (default 8)")
     p.add_argument("--out", default="samples.png", help="PNG file to write (default samples.png)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the test rows drawn (stratified across classes) and of the samples (default 0)")
     p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", help="folder with the dataset's real files, where it needs them")
     p.set_defaults(handler=cmd_sample)
@@ -609,14 +610,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise UserError(f"--given {','.join(unknown)}: not a modality of this run; it has {', '.join(run.model.names)}")
     if given:
         data = load_dataset(run.dataset_name, data_dir=args.data_dir or run.data_dir)
-        inputs, generated = draw_samples(run, data.test, given, args.n, args.seed)
-        title = f"given {'+'.join(given)}"
+        inputs, generated, observed, row_labels = draw_samples(run, data.test, given, args.n, args.seed)
+        title = f"given {'+'.join(given)}: test examples across classes (seed {args.seed})"
     else:
         torch.manual_seed(args.seed)
         inputs, generated = {}, {k: v.cpu() for k, v in run.model.generate(args.n).items()}
-        title = "unconditional samples from the prior"
-    sample_grid(inputs, generated, run.modalities, out, title=title)
-    print(f"wrote {out}: {args.n} rows, {title}")
+        observed, row_labels = None, None
+        title = f"unconditional samples from the prior (seed {args.seed})"
+    sample_grid(inputs, generated, run.modalities, out, title=title, observed=observed, row_labels=row_labels)
+    print(f"wrote {out}: {len(next(iter(generated.values())))} rows, {title}")
     return 0
 
 

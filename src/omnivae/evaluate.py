@@ -19,6 +19,7 @@ from omnivae.data import load_dataset
 from omnivae.errors import DataError, UserError, unknown_name
 from omnivae.metrics.common import all_subsets
 from omnivae.report import evaluation_markdown, latent_map, metric_curves, sample_grid
+from omnivae.report.figures import chance_levels, row_titles, stratified_rows
 from omnivae.train import load_run, resolve_device
 from omnivae.train.checkpoint import atomic_write_bytes, atomic_write_json
 
@@ -210,14 +211,23 @@ def _record_sampler(model, metric: str, into: dict[str, dict[str, float]]) -> No
         into[metric] = statistics
 
 
-def draw_samples(run, data, given: Sequence[str], count: int, seed: int = 0) -> tuple[dict, dict]:
-    """The first ``count`` test examples' ``given`` modalities and one sample of every modality."""
+def draw_samples(run, data, given: Sequence[str], count: int, seed: int = 0) -> tuple[dict, dict, dict, list | None]:
+    """``count`` test examples across the classes (seeded, :func:`stratified_rows`), among the
+    rows with a ``given`` modality observed: their ``given`` inputs, one sample of every
+    modality, which inputs are observed, and each row's label for the grid."""
     device = run.model.device
+    observed_any = torch.stack([data.masks[name] for name in given]).any(0)
+    rows = stratified_rows(data.labels, count, seed, eligible=observed_any)
+    if len(rows) == 0:
+        raise DataError(f"no test example has any of {', '.join(given)} observed; give other modalities")
     torch.manual_seed(seed)
-    batch = data.batch(torch.arange(min(count, len(data)))).to(device)
+    batch = data.batch(rows).to(device)
     inputs = {name: batch.x[name] for name in given}
-    generated = run.model.conditional_generate(inputs, num_samples=1)
-    return {k: v.cpu() for k, v in inputs.items()}, {k: v[0].cpu() for k, v in generated.items()}
+    observed = {name: batch.mask[name] for name in given}
+    generated = run.model.conditional_generate(inputs, observed, num_samples=1)
+    labels = row_titles(None if data.labels is None else data.labels[rows], data.label_names)
+    return ({k: v.cpu() for k, v in inputs.items()}, {k: v[0].cpu() for k, v in generated.items()},
+            {k: v.cpu() for k, v in observed.items()}, labels)
 
 
 def draw_figures(run, test, results: dict, folder: Path, seed: int) -> list[str]:
@@ -228,9 +238,10 @@ def draw_figures(run, test, results: dict, folder: Path, seed: int) -> list[str]
     for size in range(1, len(names)):
         index = int((table.sum(1) == size).nonzero()[0])
         given = [n for n, keep in zip(names, table[index].tolist()) if keep]
-        inputs, generated = draw_samples(run, test, given, 8, seed)
+        inputs, generated, observed, row_labels = draw_samples(run, test, given, 10, seed)
         file = f"samples_given_{size}.png"
-        sample_grid(inputs, generated, run.modalities, folder / file, title=f"given {keys[index]}")
+        sample_grid(inputs, generated, run.modalities, folder / file, observed=observed, row_labels=row_labels,
+                    title=f"given {keys[index]}: test examples across classes (seed {seed})")
         written.append(f"figures/{file}")
     label = run.model_config.model
     curves = {}
@@ -241,7 +252,8 @@ def draw_figures(run, test, results: dict, folder: Path, seed: int) -> list[str]
     if "likelihood" in results and "conditional_by_size" in results["likelihood"]:
         curves["log p(X_rest | x_S)"] = {label: results["likelihood"]["conditional_by_size"]}
     if curves:
-        metric_curves(curves, folder / "metrics_vs_inputs.png", title=label)
+        results["chance"] = chance_levels(test.labels, len(test.label_names or []))
+        metric_curves(curves, folder / "metrics_vs_inputs.png", title=label, chance=results["chance"])
         written.append("figures/metrics_vs_inputs.png")
     device = run.model.device
     means = []
@@ -250,7 +262,7 @@ def draw_figures(run, test, results: dict, folder: Path, seed: int) -> list[str]
             batch = batch.to(device)
             means.append(run.model.encode(batch.x, batch.mask).mean.cpu())
     latent_map(torch.cat(means), test.labels, folder / "latent.png",
-               title=f"{label}: joint posterior means (PCA)", label_names=test.label_names)
+               title=f"{label}: joint posterior means (PCA)", label_names=test.label_names, seed=seed)
     written.append("figures/latent.png")
     return written
 

@@ -1,13 +1,17 @@
 """Figures: conditional sample grids, metrics against the number of inputs, latent maps.
 
 Every function draws from tensors or result dicts it is given and writes one PNG
-atomically; none of them trains or evaluates anything.
+atomically; none of them trains or evaluates anything. The helpers ``stratified_rows``,
+``row_titles`` and ``chance_levels`` pick what the figures show (rows across classes, the
+chance level of a metric) from labels alone.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+import math
+import textwrap
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -15,12 +19,38 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from torch import Tensor  # noqa: E402
 
 from omnivae.data.base import ModalitySpec  # noqa: E402
+from omnivae.data.text import ALPHABET  # noqa: E402
 from omnivae.train.checkpoint import atomic_write_bytes  # noqa: E402
 
-__all__ = ["as_picture", "sample_grid", "metric_curves", "tradeoff_curves", "latent_map", "save_figure"]
+__all__ = [
+    "PROBE_CURVE",
+    "COHERENCE_CURVE",
+    "as_picture",
+    "stratified_rows",
+    "row_titles",
+    "chance_levels",
+    "class_colors",
+    "sample_grid",
+    "metric_curves",
+    "tradeoff_curves",
+    "latent_map",
+    "save_figure",
+]
+
+#: Panel names of the by-size curves that are fractions in [0, 1] with a chance level.
+PROBE_CURVE = "latent linear probe accuracy"
+COHERENCE_CURVE = "conditional coherence"
+
+_GIVEN_COLOUR = "#1f4e79"
+_GENERATED_COLOUR = "#8b1a1a"
+_MISSING_FACE = "#e4e4e4"
+_VECTOR_LINE = "#2b5d8a"
 
 
 def save_figure(fig: plt.Figure, path: Path) -> None:
@@ -43,73 +73,366 @@ def as_picture(value: Tensor, spec: ModalitySpec) -> np.ndarray:
     return array.reshape(array.shape[0], -1).numpy() if array.dim() > 2 else array.numpy()
 
 
+# ---------------------------------------------------------------------------------------
+# What to show
+
+
+def _class_keys(labels: Tensor) -> Tensor:
+    """One integer class per row; multi-label rows (CelebA) are keyed by their first attribute."""
+    labels = labels.detach().cpu()
+    return (labels[:, 0] > 0).long() if labels.dim() > 1 else labels.long()
+
+
+def stratified_rows(labels: Tensor | None, count: int, seed: int = 0, eligible: Tensor | None = None) -> Tensor:
+    """Indices of ``count`` rows spread over the classes, ordered by class.
+
+    The classes are visited in a seeded random order, round robin, each giving its next row
+    from a seeded shuffle of its rows, so ``count`` rows cover ``min(count, classes)``
+    classes and no class has two rows more than another (unless it runs out of rows). A
+    different ``seed`` picks other rows (and, for fewer rows than classes, other classes).
+
+    Args:
+        labels: ``[N]`` class per row, ``[N, A]`` multi-label (stratified by the first
+            attribute), or None (a seeded random draw).
+        count: Rows wanted; fewer come back when fewer rows are eligible.
+        seed: Seed of the draw.
+        eligible: Optional ``BoolTensor[N]``: only these rows may be drawn (e.g. rows with
+            at least one conditioning modality observed).
+
+    Example:
+        >>> stratified_rows(torch.tensor([0, 0, 0, 1, 1, 2]), 3).tolist()  # one row per class
+        [2, 3, 5]
+    """
+    if labels is None and eligible is None:
+        raise ValueError("stratified_rows needs labels or an eligible mask to know the number of rows")
+    total = len(labels) if labels is not None else len(eligible)
+    candidates = torch.arange(total) if eligible is None else eligible.detach().cpu().bool().nonzero().flatten()
+    generator = torch.Generator().manual_seed(int(seed))
+    shuffled = candidates[torch.randperm(len(candidates), generator=generator)]
+    count = min(int(count), len(shuffled))
+    if labels is None:
+        return shuffled[:count].sort().values
+    keys = _class_keys(labels)[shuffled]
+    classes = keys.unique()
+    classes = classes[torch.randperm(len(classes), generator=generator)]
+    queues = [shuffled[keys == c].tolist() for c in classes.tolist()]
+    chosen: list[tuple[int, int]] = []
+    depth = 0
+    while len(chosen) < count:
+        for key, queue in zip(classes.tolist(), queues):
+            if depth < len(queue) and len(chosen) < count:
+                chosen.append((key, queue[depth]))
+        depth += 1
+    return torch.tensor([row for _, row in sorted(chosen)], dtype=torch.long)
+
+
+def row_titles(labels: Tensor | None, label_names: Sequence[str] | None = None) -> list[str] | None:
+    """``"class 3"`` (or the label's name) for each row; None without labels."""
+    if labels is None:
+        return None
+    labels = labels.detach().cpu()
+    if labels.dim() > 1:
+        first = label_names[0] if label_names else "attribute 0"
+        return [first if bool(v > 0) else f"not {first}" for v in labels[:, 0]]
+    names = list(label_names or [])
+    return [names[int(v)] if 0 <= int(v) < len(names) else f"class {int(v)}" for v in labels]
+
+
+def chance_levels(labels: Tensor | None, num_classes: int | None = None) -> dict[str, float]:
+    """Chance levels of the by-size accuracy curves, from the test labels.
+
+    Coherence is a class-balanced accuracy, so any guess that ignores the input scores
+    ``1 / num_classes``; the probe is a plain accuracy, which a constant guess of the most
+    frequent class already reaches (the majority-class rate). For multi-label data both are
+    a mean average precision, whose chance level is the mean rate of positives.
+
+    Example:
+        >>> chance_levels(torch.tensor([0, 0, 0, 1]))
+        {'latent linear probe accuracy': 0.75, 'conditional coherence': 0.5}
+    """
+    if labels is None or len(labels) == 0:
+        return {}
+    labels = labels.detach().cpu()
+    if labels.dim() > 1:
+        positives = float((labels > 0).float().mean())
+        return {PROBE_CURVE: positives, COHERENCE_CURVE: positives}
+    counts = torch.bincount(labels.long() - int(labels.min()))
+    classes = max(int((counts > 0).sum()), num_classes or 0)
+    return {PROBE_CURVE: float(counts.max()) / len(labels), COHERENCE_CURVE: 1.0 / classes}
+
+
+def class_colors(count: int) -> np.ndarray:
+    """``count`` distinct RGBA colours ``[count, 4]``: tab10 up to 10 classes, tab20 up to
+    20, evenly spaced samples of a continuous map beyond (no colour is used twice)."""
+    if count <= 20:
+        return matplotlib.colors.to_rgba_array(plt.get_cmap("tab10" if count <= 10 else "tab20").colors[:count])
+    return np.asarray(plt.get_cmap("turbo")(np.linspace(0.03, 0.97, count)), dtype=float)
+
+
+# ---------------------------------------------------------------------------------------
+# Sample grids
+
+
+def _cell_style(spec: ModalitySpec) -> str:
+    """How a modality is drawn: ``image``, ``text``, ``bars``, ``line`` or ``heatmap``."""
+    if spec.kind in ("image", "binary") and len(spec.shape) == 3:
+        return "image"
+    if spec.kind == "categorical" and len(spec.shape) == 2 and spec.shape[-1] == len(ALPHABET):
+        return "text"
+    if len(spec.shape) == 1:
+        return "bars" if spec.shape[0] <= 16 else "line"
+    return "heatmap"
+
+
+def _cell_width(spec: ModalitySpec) -> float:
+    style = _cell_style(spec)
+    if style == "text":
+        return 1.3 if spec.shape[0] <= 16 else 2.6
+    return {"image": 1.0, "bars": 1.5, "line": 1.9, "heatmap": 1.5}[style]
+
+
+def decode_text(value: Tensor) -> str:
+    """The characters of one ``[length, len(ALPHABET)]`` one-hot or probability row (argmax
+    per position; an all-zero position, the padding of a one-hot input, is dropped)."""
+    value = value.detach().float().cpu()
+    best = value.argmax(-1).tolist()
+    present = (value.max(-1).values > 0).tolist()
+    return "".join(ALPHABET[i] for i, keep in zip(best, present) if keep).replace("\n", " ")
+
+
+_Column = tuple[str, Tensor, ModalitySpec, Tensor | None]  # title, values [B, *shape], spec, observed [B]
+
+
+def _vector_limits(columns: Sequence[_Column]) -> dict[str, tuple[float, float]]:
+    """One y-range per vector modality, shared by its given and generated columns and rows."""
+    limits: dict[str, tuple[float, float]] = {}
+    for _, values, spec, observed in columns:
+        if _cell_style(spec) not in ("bars", "line", "heatmap"):
+            continue
+        rows = values.detach().float().cpu()
+        if observed is not None:
+            rows = rows[observed.cpu().bool()]
+        if spec.kind in ("binary", "categorical"):
+            low, high = 0.0, 1.0
+        elif rows.numel() == 0 or not torch.isfinite(rows).any():
+            low, high = -1.0, 1.0
+        else:
+            finite = rows[torch.isfinite(rows)]
+            low, high = float(finite.min()), float(finite.max())
+        if spec.name in limits:
+            low, high = min(low, limits[spec.name][0]), max(high, limits[spec.name][1])
+        limits[spec.name] = (low, high)
+    padded = {}
+    for name, (low, high) in limits.items():
+        pad = 0.05 * (high - low) if high > low else 0.5
+        padded[name] = (low - pad, high + pad)
+    return padded
+
+
+def _draw_missing(ax: plt.Axes) -> None:
+    ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, facecolor=_MISSING_FACE, edgecolor="0.65",
+                           hatch="///", linewidth=0))
+    ax.text(0.5, 0.5, "missing", transform=ax.transAxes, ha="center", va="center", fontsize=7, color="0.3",
+            bbox={"facecolor": _MISSING_FACE, "edgecolor": "none", "pad": 1})
+
+
+def _draw_cell(ax: plt.Axes, value: Tensor, spec: ModalitySpec, limits: tuple[float, float] | None,
+               show_scale: bool) -> None:
+    style = _cell_style(spec)
+    value = value.detach().float().cpu()
+    if style == "image":
+        picture = as_picture(value, ModalitySpec(spec.name, spec.shape, "image"))
+        ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+        return
+    if style == "text":
+        text = decode_text(value).strip()
+        wrapped = "\n".join(textwrap.wrap(text, 22)[:6]) if len(text) > 22 else text
+        if wrapped:
+            ax.text(0.5, 0.5, wrapped, transform=ax.transAxes, ha="center", va="center",
+                    family="monospace", fontsize=9 if len(text) <= 12 else 6)
+        else:
+            ax.text(0.5, 0.5, "(blank)", transform=ax.transAxes, ha="center", va="center", fontsize=7,
+                    color="0.5", style="italic")
+        return
+    low, high = limits if limits is not None else (None, None)
+    if style == "heatmap":
+        ax.imshow(as_picture(value, spec), cmap="viridis", vmin=low, vmax=high, interpolation="nearest", aspect="auto")
+        return
+    positions = np.arange(value.shape[0])
+    if style == "bars":
+        ax.bar(positions, value.numpy(), width=0.8, color=_VECTOR_LINE)
+    else:
+        ax.plot(positions, value.numpy(), linewidth=0.8, color=_VECTOR_LINE)
+    ax.set_xlim(-0.6 if style == "bars" else 0, positions[-1] + (0.6 if style == "bars" else 0))
+    ax.set_ylim(low, high)
+    if low is not None and low < 0 < high:
+        ax.axhline(0, color="0.75", linewidth=0.5, zorder=0)
+    if show_scale:
+        ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(3))
+        ax.tick_params(axis="y", labelsize=5, length=2, pad=1)
+    else:
+        ax.set_yticks([])
+
+
 def sample_grid(
     given: Mapping[str, Tensor],
     generated: Mapping[str, Tensor],
     specs: Sequence[ModalitySpec],
     path: Path,
     title: str = "",
+    observed: Mapping[str, Tensor] | None = None,
+    row_labels: Sequence[str] | None = None,
 ) -> None:
-    """A grid: one row per example; the given modalities, then every generated modality.
+    """A grid with one row per example: the given modalities, then every generated one.
+
+    Each modality is drawn as what it is: images as images, character sequences as their
+    decoded text, vectors as bar (up to 16 values) or line plots on one y-scale per modality
+    (shared by all rows and by its given and generated columns, labelled on the first row),
+    other arrays as heatmaps. A given input that is not observed in a row is a grey,
+    hatched cell marked "missing". Column titles say which modality is given and which is
+    generated (a given modality generated again is its reconstruction); ``row_labels``
+    (e.g. each row's class) are written at the left.
 
     Args:
-        given: ``name -> [B, *shape]`` the conditioning inputs.
+        given: ``name -> [B, *shape]`` the conditioning inputs (empty for prior samples).
         generated: ``name -> [B, *shape]`` one sample per example and modality.
         specs: The modalities (for kinds and order).
         path: Output PNG.
+        title: Figure title.
+        observed: ``name -> BoolTensor[B]`` which given inputs are observed (default all).
+        row_labels: One label per row.
     """
     by_name = {s.name: s for s in specs}
-    columns = [(f"given {n}", given[n], by_name[n]) for n in given] + [
-        (f"→ {n}", generated[n], by_name[n]) for n in generated
+    order = [s.name for s in specs]
+    given_names = [n for n in order if n in given] + [n for n in given if n not in by_name]
+    generated_names = [n for n in order if n in generated]
+    columns: list[_Column] = [
+        (f"given\n{n}", given[n], by_name[n], None if observed is None else observed.get(n)) for n in given_names
+    ] + [
+        (f"{'reconstructed' if n in given else 'generated'}\n{n}", generated[n], by_name[n], None)
+        for n in generated_names
     ]
     rows = next(iter(generated.values())).shape[0]
-    fig, axes = plt.subplots(rows, len(columns), figsize=(1.1 * len(columns), 1.1 * rows), squeeze=False)
-    for j, (label, values, spec) in enumerate(columns):
+    limits = _vector_limits(columns)
+    widths = ([0.75] if row_labels else []) + [_cell_width(spec) for _, _, spec, _ in columns]
+    offset = 1 if row_labels else 0
+    cell = 0.95
+    header = 0.75 if title else 0.45  # inches above the grid: the title and the column titles
+    height = cell * rows * 1.12 + header
+    scaled = any(_cell_style(spec) in ("bars", "line") for _, _, spec, _ in columns)
+    fig = plt.figure(figsize=(cell * sum(widths) * (1.3 if scaled else 1.12) + 0.2, height))
+    grid = fig.add_gridspec(rows, len(widths), width_ratios=widths, wspace=0.3 if scaled else 0.12, hspace=0.12,
+                            left=0.02, right=0.98, bottom=0.02, top=1 - header / height)
+    first_axes: list[plt.Axes] = []
+    for j, (label, values, spec, seen) in enumerate(columns):
+        scale_shown = _cell_style(spec) not in ("bars", "line")  # only plots carry a y-scale
         for i in range(rows):
-            ax = axes[i][j]
-            picture = as_picture(values[i], spec)
-            ax.imshow(picture, cmap="gray" if picture.ndim == 2 else None, vmin=0 if spec.kind == "image" else None,
-                      vmax=1 if spec.kind == "image" else None, interpolation="nearest", aspect="auto")
+            ax = fig.add_subplot(grid[i, j + offset])
+            show_scale = False
+            if seen is not None and not bool(seen[i]):
+                _draw_missing(ax)
+            else:
+                show_scale, scale_shown = not scale_shown, True  # labelled once, on its first drawn cell
+                _draw_cell(ax, values[i], spec, limits.get(spec.name), show_scale=show_scale)
             ax.set_xticks([])
-            ax.set_yticks([])
+            if not show_scale:
+                ax.set_yticks([])
+            for side in ax.spines.values():
+                side.set_color("0.7")
             if i == 0:
-                ax.set_title(label, fontsize=7)
+                colour = _GIVEN_COLOUR if j < len(given_names) else _GENERATED_COLOUR
+                ax.set_title(label, fontsize=7, color=colour, linespacing=1.0)
+                first_axes.append(ax)
+    if row_labels:
+        for i, text in enumerate(row_labels[:rows]):
+            ax = fig.add_subplot(grid[i, 0])
+            ax.axis("off")
+            ax.text(1.0, 0.5, str(text), transform=ax.transAxes, ha="right", va="center", fontsize=8)
+            if i == 0:
+                ax.set_title("label", fontsize=7, color="0.3")
+    if given_names and generated_names:
+        left = first_axes[len(given_names) - 1].get_position().x1
+        right = first_axes[len(given_names)].get_position().x0
+        bottom = grid[rows - 1, 0].get_position(fig).y0
+        top = first_axes[0].get_position().y1
+        fig.add_artist(Line2D([(left + right) / 2] * 2, [bottom, top], transform=fig.transFigure,
+                              color="0.4", linewidth=1.0))
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title, fontsize=9, y=1.0 - 0.1 / height, va="top")
     save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------------------
+# Curves
+
+
+def _mean_and_std(value: float | Sequence[float]) -> tuple[float, float]:
+    if isinstance(value, (tuple, list)):
+        return float(value[0]), float(value[1])
+    return float(value), 0.0
 
 
 def metric_curves(
     curves: Mapping[str, Mapping[str, Mapping[str, float | tuple[float, float]]]],
     path: Path,
     title: str = "",
+    chance: Mapping[str, float] | None = None,
+    unit_interval: Collection[str] | None = None,
 ) -> None:
     """Metrics against the number of input modalities (the shape of Qiu et al. 2025, Fig. 3).
 
+    One panel per metric, one line per model (the same colour in every panel, named in the
+    legend), ± one standard deviation as a band where given. Accuracies are drawn on their
+    whole range [0, 1], so a flat line near chance looks flat, with the chance level as a
+    dashed line; the x axis has a tick at each number of inputs and no others.
+
     Args:
-        curves: ``metric -> model -> {size: value or (mean, std)}``; one panel per metric,
-            one line per model.
+        curves: ``metric -> model -> {size: value or (mean, std)}``.
         path: Output PNG.
+        title: Figure title.
+        chance: ``metric -> chance level`` (see :func:`chance_levels`), drawn where given.
+        unit_interval: Metrics whose axis is [0, 1]; default: :data:`PROBE_CURVE`,
+            :data:`COHERENCE_CURVE` and every metric in ``chance``.
     """
     metrics = [m for m in curves if curves[m]]
     if not metrics:
         return
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    chance = dict(chance or {})
+    bounded = set(unit_interval) if unit_interval is not None else {PROBE_CURVE, COHERENCE_CURVE, *chance}
+    models = list(dict.fromkeys(model for m in metrics for model in curves[m]))
+    colours = dict(zip(models, class_colors(len(models))))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.0 * len(metrics), 3.3), squeeze=False)
+    handles: dict[str, object] = {}
     for ax, metric in zip(axes[0], metrics):
+        sizes_seen: set[int] = set()
         for model, by_size in curves[metric].items():
             sizes = sorted(by_size, key=int)
-            values = [by_size[s] for s in sizes]
-            means = np.array([v[0] if isinstance(v, (tuple, list)) else v for v in values], dtype=float)
-            stds = np.array([v[1] if isinstance(v, (tuple, list)) else 0.0 for v in values], dtype=float)
+            pairs = np.array([_mean_and_std(by_size[s]) for s in sizes], dtype=float).reshape(-1, 2)
             xs = np.array([int(s) for s in sizes])
-            ax.plot(xs, means, marker="o", label=model)
-            if stds.any():
-                ax.fill_between(xs, means - stds, means + stds, alpha=0.2)
+            sizes_seen.update(xs.tolist())
+            (line,) = ax.plot(xs, pairs[:, 0], marker="o", markersize=4, color=colours[model], label=model)
+            handles.setdefault(model, line)
+            if pairs[:, 1].any():
+                low, high = pairs[:, 0] - pairs[:, 1], pairs[:, 0] + pairs[:, 1]
+                if metric in bounded:
+                    low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)
+                ax.fill_between(xs, low, high, alpha=0.18, color=colours[model], linewidth=0)
+        if metric in chance:
+            level = float(chance[metric])
+            handles["chance"] = ax.axhline(level, color="0.35", linestyle="--", linewidth=1, label="chance")
+            ax.annotate(f"chance {level:.2f}", (1.0, level), xycoords=("axes fraction", "data"),
+                        xytext=(-2, 3), textcoords="offset points", ha="right", va="bottom", fontsize=7, color="0.35")
+        if metric in bounded:
+            ax.set_ylim(0, 1)
+        ticks = sorted(sizes_seen)
+        ax.set_xticks(ticks)
+        ax.set_xlim(ticks[0] - 0.3, ticks[-1] + 0.3) if len(ticks) > 1 else ax.set_xlim(ticks[0] - 1, ticks[0] + 1)
         ax.set_xlabel("number of input modalities")
         ax.set_title(metric, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    axes[0][-1].legend(fontsize=8)
+    fig.tight_layout(rect=(0, 0, 1, 0.93 if title else 1))
+    fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8,
+               frameon=False, ncol=math.ceil(len(handles) / 16))
     if title:
         fig.suptitle(title, fontsize=10)
     save_figure(fig, path)
@@ -158,27 +481,56 @@ def tradeoff_curves(
     save_figure(fig, path)
 
 
-def latent_map(embeddings: Tensor, labels: Tensor | None, path: Path, title: str = "", label_names=None) -> None:
-    """A 2-D PCA projection of latent means, coloured by label."""
+# ---------------------------------------------------------------------------------------
+# Latent map
+
+
+def latent_map(
+    embeddings: Tensor,
+    labels: Tensor | None,
+    path: Path,
+    title: str = "",
+    label_names: Sequence[str] | None = None,
+    seed: int = 0,
+) -> None:
+    """A 2-D PCA projection of latent means, one colour per class.
+
+    Each class gets its own colour from :func:`class_colors` (exactly as many colours as
+    classes), the legend shows those same colours, and points are drawn in a seeded random
+    order so that no class is painted over all the others. Multi-label data is coloured by
+    its first attribute.
+    """
     from sklearn.decomposition import PCA
 
     points = embeddings.detach().double().cpu().numpy()
-    projected = PCA(n_components=2, random_state=0).fit_transform(points) if points.shape[1] > 2 else points
-    fig, ax = plt.subplots(figsize=(5, 4.4))
-    if labels is not None and labels.dim() > 1:  # multi-label (CelebA): colour by the first attribute
+    if points.shape[1] > 2:
+        pca = PCA(n_components=2, random_state=0).fit(points)
+        projected = pca.transform(points)
+        axis_names = [f"PC {i + 1} ({100 * r:.0f}% of variance)" for i, r in enumerate(pca.explained_variance_ratio_)]
+    else:
+        projected = points if points.shape[1] == 2 else np.column_stack([points[:, 0], np.zeros(len(points))])
+        axis_names = ["z 1", "z 2"]
+    if labels is not None and labels.dim() > 1:
         label_names = [f"not {label_names[0]}", label_names[0]] if label_names else None
         labels = (labels[:, 0] > 0).long()
+    order = np.random.default_rng(seed).permutation(len(projected))
+    fig, ax = plt.subplots(figsize=(5.2, 4.4))
     if labels is None:
-        ax.scatter(projected[:, 0], projected[:, 1], s=4, alpha=0.7)
+        ax.scatter(projected[order, 0], projected[order, 1], s=5, alpha=0.7, linewidths=0)
     else:
-        values = labels.cpu().numpy()
-        scatter = ax.scatter(projected[:, 0], projected[:, 1], c=values, s=4, cmap="tab10", alpha=0.8)
-        classes = np.unique(values)
-        if len(classes) <= 20:
-            handles = scatter.legend_elements(num=len(classes))[0]
-            names = [label_names[int(c)] if label_names else str(int(c)) for c in classes]
-            ax.legend(handles, names, fontsize=6, loc="best", markerscale=0.8)
-    ax.set_xlabel("PC 1")
-    ax.set_ylabel("PC 2")
+        values = labels.detach().cpu().numpy().astype(np.int64)
+        classes, index = np.unique(values, return_inverse=True)
+        colours = class_colors(len(classes))
+        ax.scatter(projected[order, 0], projected[order, 1], c=colours[index[order]], s=5, alpha=0.8, linewidths=0)
+        names = [label_names[int(c)] if label_names and 0 <= int(c) < len(label_names) else str(int(c))
+                 for c in classes]
+        handles = [Line2D([], [], marker="o", linestyle="", markersize=5, markerfacecolor=colours[k],
+                          markeredgecolor=colours[k], label=name) for k, name in enumerate(names)]
+        columns = math.ceil(len(classes) / 20)
+        ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), ncol=columns,
+                  fontsize=7 if len(classes) <= 20 else 6, title="label", title_fontsize=7, frameon=False,
+                  handletextpad=0.2, columnspacing=0.6, borderaxespad=0)
+    ax.set_xlabel(axis_names[0])
+    ax.set_ylabel(axis_names[1])
     ax.set_title(title or "latent space (posterior means, PCA)", fontsize=10)
     save_figure(fig, path)
