@@ -281,3 +281,13 @@ def test_sample_command_draws_rows_across_classes_by_seed(tmp_path, monkeypatch,
     shown = texts(captured[-1])
     assert "missing" not in shown  # only rows with vec observed are drawn when vec is all that is given
     assert {"given\nvec", "generated\nimg", "reconstructed\nvec"} <= set(shown)
+
+
+def test_long_captions_are_wrapped_and_cut(tmp_path, captured):
+    caption = "this person has arched eyebrows, bangs, black hair and is smiling. " * 4  # 272 characters
+    specs = [ModalitySpec("text", (256, len(ALPHABET)), "categorical")]
+    sample_grid({}, {"text": one_hot_text([caption], 256)}, specs, tmp_path / "caption.png")
+    shown = [t for t in texts(captured[0]) if t.startswith("this person")]
+    assert len(shown) == 1
+    lines = shown[0].split("\n")
+    assert len(lines) == 6 and all(len(line) <= 48 for line in lines) and lines[-1].endswith("...")

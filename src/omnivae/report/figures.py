@@ -246,7 +246,9 @@ def _draw_cell(ax: plt.Axes, value: Tensor, spec: ModalitySpec, limits: tuple[fl
         return
     if style == "text":
         text = decode_text(value).strip()
-        wrapped = "\n".join(textwrap.wrap(text, 22)[:6]) if len(text) > 22 else text
+        chars = 22 if spec.shape[0] <= 16 else 44  # what fits the cell's width (see _cell_width)
+        lines = textwrap.wrap(text, chars) if len(text) > chars else [text]
+        wrapped = "\n".join(lines[:6]) + (" ..." if len(lines) > 6 else "")  # long captions (CelebA) cut
         if wrapped:
             ax.text(0.5, 0.5, wrapped, transform=ax.transAxes, ha="center", va="center",
                     family="monospace", fontsize=9 if len(text) <= 12 else 6)
