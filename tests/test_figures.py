@@ -21,6 +21,7 @@ from omnivae.report.figures import (
     row_titles,
     sample_grid,
     stratified_rows,
+    tradeoff_curves,
 )
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -291,3 +292,10 @@ def test_long_captions_are_wrapped_and_cut(tmp_path, captured):
     assert len(shown) == 1
     lines = shown[0].split("\n")
     assert len(lines) == 6 and all(len(line) <= 48 for line in lines) and lines[-1].endswith("...")
+
+
+def test_tradeoff_accuracies_on_the_unit_interval(tmp_path, captured):
+    point = {"recon": (1.0, 0.1), "probe (1 input)": (0.52, 0.01), "coherence (1 input)": (0.11, 0.0)}
+    series = {"mwb": [(0.5, point), (2.0, {**point, "recon": (1.4, 0.1), "probe (1 input)": (0.55, 0.02)})]}
+    tradeoff_curves(series, "recon", ["probe (1 input)", "coherence (1 input)"], tmp_path / "sweep.png")
+    assert [ax.get_ylim() for ax in captured[0].axes] == [(0.0, 1.0), (0.0, 1.0)]

@@ -446,6 +446,7 @@ def tradeoff_curves(
     y_metrics: Sequence[str],
     path: Path,
     title: str = "",
+    unit_interval: Collection[str] | None = None,
 ) -> None:
     """Metrics against reconstruction error across a beta sweep (the shape of the MM-VAMP
     paper's Fig. 3: representation and coherence against reconstruction).
@@ -456,10 +457,14 @@ def tradeoff_curves(
         x_metric: The metric on the horizontal axis (a reconstruction error).
         y_metrics: One panel per metric on the vertical axis.
         path: Output PNG.
+        unit_interval: Panels drawn on [0, 1]; default: those named ``probe ...`` or
+            ``coherence ...`` (accuracies), as in :func:`metric_curves`.
     """
     panels = [m for m in y_metrics if any(m in point for points in series.values() for _, point in points)]
     if not panels:
         return
+    if unit_interval is None:
+        unit_interval = {m for m in panels if m.startswith(("probe", "coherence"))}
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], panels):
         for model, points in series.items():
@@ -474,6 +479,8 @@ def tradeoff_curves(
             for (beta, _), x, y in zip(usable, xs, ys):
                 ax.annotate(f"{beta:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points",
                             color=line[0].get_color())
+        if metric in unit_interval:
+            ax.set_ylim(0, 1)
         ax.set_xlabel(x_metric)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
