@@ -502,6 +502,474 @@ API_CASES = [
 ]
 
 
+# -- issue 16 (parts 2-4): names as paths, writes that cannot happen, sizes, never silently wrong --
+
+
+def npz_keyed(key: str) -> Callable[[Path], Path]:
+    """The shared layout plus a modality stored under ``key`` (a name that is a path, say)."""
+
+    def change(arrays: dict[str, np.ndarray]) -> None:
+        arrays[key] = arrays["vec"].copy()
+
+    return npz_with(change)
+
+
+def _npy(array: np.ndarray) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def npz_member_cut_short(tmp: Path) -> Path:
+    """A valid zip archive whose ``vec.npy`` member holds 100 bytes less than its header says."""
+    import zipfile
+
+    with zipfile.ZipFile(tmp / "data.npz", "w") as archive:
+        for key, array in data_arrays().items():
+            data = _npy(array)
+            archive.writestr(f"{key}.npy", data[:-100] if key == "vec" else data)
+    return tmp / "data.npz"
+
+
+def npz_claiming_terabytes(tmp: Path) -> Path:
+    """A member whose .npy header claims (10**9, 1000) float64 (7.3 TiB) over 64 bytes of data."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f8", "fortran_order": False, "shape": (10**9, 1000)})
+    with zipfile.ZipFile(tmp / "data.npz", "w") as archive:
+        for key, array in data_arrays().items():
+            archive.writestr(f"{key}.npy", _npy(array))
+        archive.writestr("big.npy", header.getvalue() + bytes(64))
+    return tmp / "data.npz"
+
+
+def compressed_npz(tmp: Path) -> Path:
+    """A compressed npz whose 8 MiB of zeros deflate to a few KiB (a small zip bomb)."""
+    arrays = data_arrays()
+    arrays["wide"] = np.zeros((N, 52_430), dtype=np.float32)  # 40 x 52,430 x 4 bytes = 8.0 MiB
+    np.savez_compressed(tmp / "data.npz", **arrays)
+    return tmp / "data.npz"
+
+
+def compressed_hdf5(tmp: Path) -> Path:
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp / "data.h5", "w") as handle:
+        for key, array in data_arrays().items():
+            handle.create_dataset(key, data=array)
+        handle.create_dataset("wide", data=np.zeros((N, 52_430), np.float32), compression="gzip")
+    return tmp / "data.h5"
+
+
+def hdf5_with_link(tmp: Path) -> Path:
+    """An HDF5 file whose modality ``more`` is an external link to a file that is not there."""
+    h5py = pytest.importorskip("h5py")
+    with h5py.File(tmp / "data.h5", "w") as handle:
+        for key, array in data_arrays().items():
+            handle.create_dataset(key, data=array)
+        handle["more"] = h5py.ExternalLink("gone.h5", "/more")
+    return tmp / "data.h5"
+
+
+def hdf5_keyed(key: str) -> Callable[[Path], Path]:
+    def setup(tmp: Path) -> Path:
+        h5py = pytest.importorskip("h5py")
+        with h5py.File(tmp / "data.h5", "w") as handle:
+            for name, array in {**data_arrays(), key: data_arrays()["vec"]}.items():
+                handle.create_dataset(name, data=array)
+        return tmp / "data.h5"
+
+    return setup
+
+
+def csv_with(files: dict[str, str]) -> Callable[[Path], Path]:
+    def setup(tmp: Path) -> Path:
+        (tmp / "table").mkdir()
+        for name, text in files.items():
+            (tmp / "table" / name).write_text(text)
+        return tmp / "table"
+
+    return setup
+
+
+def csv_input_and_output(tmp: Path) -> Path:
+    """A CSV input folder ``table`` and an earlier output folder ``filled`` beside it."""
+    for name in ("table", "filled"):
+        (tmp / name).mkdir()
+        (tmp / name / "vec.csv").write_text("a,b,c,d,e,f\n" + "1,2,3,4,5,6\n" * 3)
+    return tmp / "table"
+
+
+def _overflow(arrays: dict[str, np.ndarray]) -> None:
+    arrays["vec"] = arrays["vec"].astype(np.float64)
+    arrays["vec"][5, 1] = 1e39
+
+
+def _deep_config(tmp: Path) -> Path:
+    (tmp / "options.json").write_text('{"latent_dim": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    return tmp / "options.json"
+
+
+def a_file(name: str) -> Callable[[Path], Path]:
+    return text_file(name, "mine")
+
+
+CSV_BITS = "a,b\n1,0\n0,1\n1,1\n"
+SAMPLE_CONDITIONAL = ("sample", "{run}", "--given", "vec", "--device", "cpu")
+
+CLI_CASES.extend([
+    # modality names become file names: validated at load, whatever the format
+    CliCase("name-absolute-path", "file", "a modality named with an absolute path (npz key /somewhere/X)", D(),
+            ("modality name '/somewhere/X' is not allowed", "letters, digits, _ or -"), npz_keyed("/somewhere/X")),
+    CliCase("name-with-slash", "file", "a modality named a/b", D(), ("modality name 'a/b' is not allowed",),
+            npz_keyed("a/b")),
+    CliCase("name-with-dot", "file", "a modality named a.b", D(), ("modality name 'a.b' is not allowed",),
+            npz_keyed("a.b")),
+    CliCase("name-dot-dot", "file", "a modality named ..", D(), ("modality name '..' is not allowed",), npz_keyed("..")),
+    CliCase("name-empty", "file", "a modality with an empty name", D(), ("modality name '' is empty",), npz_keyed("")),
+    CliCase("name-too-long", "file", "a modality name of 65 characters", D(), ("is not allowed", "1 to 64"),
+            npz_keyed("x" * 65)),
+    CliCase("name-case-duplicate", "file", "modalities vec and Vec", D(), ("'vec' and 'Vec' differ only in case",),
+            npz_keyed("Vec")),
+    CliCase("csv-name-with-dot", "file", "a CSV modality file a.b.csv", T("--dataset", "csv:{data}"),
+            ("modality name 'a.b' is not allowed",), csv_with({"a.b.csv": "x,y\n1,2\n3,4\n", "bits.csv": CSV_BITS[:-4]})),
+    CliCase("hdf5-name-with-dot", "file", "an HDF5 dataset named a.b", T("--dataset", "hdf5:{data}"),
+            ("modality name 'a.b' is not allowed",), hdf5_keyed("a.b")),
+    # where outputs go
+    CliCase("out-is-a-file", "CLI", "train --out of an existing file", T("--out", "{data}"),
+            ("is a file, not a folder", "--out"), a_file("taken")),
+    CliCase("out-under-a-file", "CLI", "train --out under an existing file", T("--out", "{data}/run"),
+            ("is a file, not a folder", "--out"), a_file("taken")),
+    CliCase("impute-output-under-a-file", "CLI", "impute --output under an existing file",
+            ("impute", "{run}", "--input", "{npz}", "--output", "{data}/filled.npz"),
+            ("--output", "is a file, not a folder"), a_file("taken")),
+    CliCase("impute-output-exists", "CLI", "impute --output of an existing file, without --force",
+            ("impute", "{run}", "--input", "{npz}", "--output", "{data}"), ("already exists", "--force"),
+            a_file("filled.npz")),
+    CliCase("impute-output-is-input", "CLI", "impute --output naming the input file, with --force",
+            ("impute", "{run}", "--input", "{data}", "--output", "{data}", "--force"), ("is the input",),
+            impute_input(lambda a: None)),
+    CliCase("impute-csv-output-exists", "CLI", "impute --output of an existing CSV folder, without --force",
+            ("impute", "{run}", "--input", "{data}", "--output", "{tmp}/filled"), ("already exists", "--force"),
+            csv_input_and_output),
+    CliCase("sample-out-under-a-file", "CLI", "sample --out under an existing file", (*SAMPLE, "--out", "{data}/s.png"),
+            ("--out", "is a file, not a folder"), a_file("taken")),
+    CliCase("sample-out-is-a-folder", "CLI", "sample --out of a folder", (*SAMPLE, "--out", "{data}"),
+            ("is a folder", ".png"), folder("grid.png")),
+    CliCase("benchmark-no-models", "CLI", "benchmark --models , (no name)", (*BENCH, "--models", ","),
+            ("--models ','", "names no model")),
+    CliCase("benchmark-out-is-a-file", "CLI", "benchmark --out of an existing file",
+            (*BENCH, "--models", "poe", "--out", "{data}"), ("is a file, not a folder",), a_file("taken")),
+    # --config
+    CliCase("config-set-options-wrong-type", "CLI", "--config with set_options a number, not a list of KEY=VALUE",
+            T("--config", "{data}"), ("'set_options' must be a list", "KEY=VALUE"), config_file({"set_options": 3})),
+    CliCase("config-deeply-nested", "CLI", "--config with 100,000 levels of nesting", T("--config", "{data}"),
+            ("nested too deeply",), _deep_config),
+    CliCase("config-nan", "CLI", "--config with a NaN token", T("--config", "{data}"),
+            ("not valid JSON", "NaN"), text_file("options.json", '{"lr": NaN}')),
+    CliCase("config-overflowing-number", "CLI", "--config with 1e999 (parses as infinity)", T("--config", "{data}"),
+            ("'lr' must be a finite number",), text_file("options.json", '{"lr": 1e999}')),
+    # non-finite values
+    CliCase("warmup-nan", "CLI", "--warmup-epochs nan", T("--warmup-epochs", "nan"),
+            ("--warmup-epochs", "finite", "'nan'")),
+    CliCase("lr-nan", "CLI", "--lr nan", T("--lr", "nan"), ("--lr", "finite", "'nan'")),
+    CliCase("missing-rate-nan", "CLI", "--missing-rate nan", T("--missing-rate", "nan"), ("--missing-rate", "finite")),
+    CliCase("set-nan", "CLI", "--set with a NaN value", T("--model", "mmvae+", "--set", "w_dim=nan"),
+            ("--set w_dim=nan", "finite")),
+    CliCase("benchmark-beta-inf", "CLI", "benchmark --beta inf", (*BENCH, "--models", "poe", "--beta", "inf"),
+            ("--beta", "finite")),
+    # memory that cannot fit (estimated before anything is built or written)
+    CliCase("latent-size-beyond-memory", "CLI", "--latent-dim 1000000000", T("--latent-dim", "1000000000"),
+            ("training needs at least", "GiB of memory", "is free", "--latent-dim")),
+    CliCase("k-beyond-memory", "CLI", "--num-samples 1000000000 (K)", T("--model", "moe", "--num-samples", "1000000000"),
+            ("training needs at least", "--num-samples")),
+    CliCase("sample-n-beyond-memory", "CLI", "sample --n 10^12", (*SAMPLE, "--n", str(10**12)),
+            ("--n 1000000000000 needs at least", "is free", "at most")),
+    # sizes and damage, found before reading
+    CliCase("npz-header-claims-terabytes", "file", "an npz member whose header claims 7.3 TiB", D(),
+            ("'big'", "7.3 TiB", "OMNIVAE_MAX_LOAD_GB"), npz_claiming_terabytes),
+    CliCase("npz-member-cut-short", "file", "a zip member cut short", D(),
+            ("array 'vec' is truncated", "header promises"), npz_member_cut_short),
+    CliCase("label-beyond-classes", "file", "a label of 10^12", D(),
+            ("label 1000000000000 in row 3", "below 100000"),
+            npz_with(lambda a: a.__setitem__("labels", np.where(np.arange(N) == 3, 10**12, 1)))),
+    CliCase("npz-float-overflow", "file", "1e39 in a modality (beyond float32)", D(),
+            ("modality 'vec' row 5 holds 1e+39", "float32"), npz_with(_overflow)),
+    CliCase("csv-float-overflow", "file", "a CSV cell of 1e39", T("--dataset", "csv:{data}"),
+            ("vec.csv line 3, column 'b'", "1e+39", "float32"), csv_folder("a,b,c\n1,2,3\n4,1e39,6\n6,7,8\n")),
+    CliCase("csv-label-nan", "file", "a CSV label nan", T("--dataset", "csv:{data}"),
+            ("labels.csv line 3", "'nan'", "a missing label, not a class"),
+            csv_with({"vec.csv": "a,b\n1,2\n3,4\n5,6\n", "labels.csv": "label\n0\nnan\n1\n"})),
+    CliCase("csv-label-empty", "file", "an empty CSV label", T("--dataset", "csv:{data}"),
+            ("labels.csv line 3", "empty label", "a missing label, not a class"),
+            csv_with({"vec.csv": "a,b\n1,2\n3,4\n5,6\n", "labels.csv": "label,note\n0,a\n,b\n1,c\n"})),
+    CliCase("npz-label-nan", "file", "a string label 'nan' in an npz", D(), ("label 'nan' in row 2", "missing label"),
+            npz_with(lambda a: a.__setitem__("labels", np.where(np.arange(N) == 2, "nan", "cat")))),
+    CliCase("hdf5-broken-external-link", "file", "an HDF5 external link to a missing file", T("--dataset", "hdf5:{data}"),
+            ("/more is a link to gone.h5:/more", "cannot be opened"), hdf5_with_link),
+])
+
+API_CASES.extend([
+    ApiCase("api-name-with-slash", "dataset_from_arrays with a modality named a/b",
+            lambda c: dataset_from_arrays(_arrays(**{"a/b": np.zeros((10, 2), np.float32)})), DataError,
+            ("modality name 'a/b' is not allowed",)),
+    ApiCase("api-name-in-dataset", "MultimodalDataset with a modality named ../x",
+            lambda c: MultimodalDataset((ModalitySpec("../x", (3,)),), {"../x": torch.zeros(4, 3)}), DataError,
+            ("modality name '../x' is not allowed",)),
+    ApiCase("api-label-beyond-classes", "dataset_from_arrays with a label of 10^12",
+            lambda c: dataset_from_arrays(_arrays(labels=np.full(10, 10**12))), DataError, ("below 100000",)),
+])
+
+
+@pytest.mark.parametrize("case_id", ["npz", "hdf5"])
+def test_an_inflating_file_is_capped(case_id: str, ctx: Ctx, capsys, monkeypatch):
+    """8 MiB of compressed zeros against a 1 MiB cap: refused from the headers, before
+    inflating; the message says how to raise the cap, and raising it lets the file load."""
+    from omnivae.data.arrays import MAX_LOAD_ENV, read_npz
+    from omnivae.data.tables import read_hdf5
+
+    monkeypatch.setenv(MAX_LOAD_ENV, str(1 / 1024))
+    setup, prefix = (compressed_npz, "npz") if case_id == "npz" else (compressed_hdf5, "hdf5")
+    case = CliCase(f"{prefix}-inflates", "file", "", T("--dataset", prefix + ":{data}"),
+                   ("would take 8.", "above the 1.0 MiB", "OMNIVAE_MAX_LOAD_GB"), setup)
+    run_cli_case(case, ctx, capsys)
+    monkeypatch.setenv(MAX_LOAD_ENV, "1")
+    arrays = read_npz(ctx.data) if case_id == "npz" else read_hdf5(ctx.data)
+    assert arrays["wide"].shape == (N, 52_430)
+
+
+def test_a_bad_load_limit_is_one_line(ctx: Ctx, capsys, monkeypatch):
+    monkeypatch.setenv("OMNIVAE_MAX_LOAD_GB", "lots")
+    case = CliCase("bad-limit", "CLI", "", T(), ("OMNIVAE_MAX_LOAD_GB must be a positive number", "'lots'"))
+    run_cli_case(case, ctx, capsys)
+
+
+def test_an_unreadable_csv_folder_is_one_line(ctx: Ctx, capsys, monkeypatch):
+    """Root reads any folder whatever its permission bits, so the test makes listing it
+    fail as it does for an unprivileged user (PermissionError from the directory read)."""
+    csv_with({"vec.csv": "a,b\n1,2\n3,4\n"})(ctx.tmp)
+    real = Path.iterdir
+
+    def iterdir(self):
+        if self.name == "table":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    case = CliCase("csv-unreadable", "file", "", T("--dataset", "csv:{tmp}/table"), ("cannot be read", "Permission denied"))
+    run_cli_case(case, ctx, capsys)
+
+
+def test_names_can_never_write_outside_the_output_folder(tmp_path: Path):
+    """Defence in depth behind the load-time check: even a name that got past it (from a
+    tampered run, say) cannot make the CSV writer leave its folder."""
+    from omnivae.data.tables import _write_folder
+
+    for bad in ("../escaped.csv", "/tmp/escaped.csv", "..", "sub/x.csv"):
+        with pytest.raises(DataError, match="outside the output folder"):
+            _write_folder(tmp_path / "out", {"ok.csv": b"a\n1\n", bad: b"a\n1\n"})
+        assert sorted(p.name for p in tmp_path.iterdir()) == [], bad  # no output, no temporary
+    assert not (tmp_path.parent / "escaped.csv").exists()
+
+
+# -- read-only folders and full disks: real mounts where the machine allows them ------------------
+
+
+def _mount(target: Path, options: str) -> bool:
+    import subprocess
+
+    target.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True)
+    return done.returncode == 0
+
+
+def _umount(target: Path) -> None:
+    import subprocess
+
+    subprocess.run(["umount", str(target)], capture_output=True)
+
+
+@pytest.fixture
+def read_only(ctx: Ctx, monkeypatch):
+    """A read-only folder ``{tmp}/ro`` holding a copy of the shared run (``{tmp}/ro/run``):
+    a tmpfs filled, then remounted read-only, which binds root too. Where mounting is not
+    allowed, ``os.access`` is made to report the folder read-only instead (what the commands
+    check before writing)."""
+    import shutil
+
+    target = ctx.tmp / "ro"
+    if _mount(target, "size=8m"):
+        shutil.copytree(ctx.run, target / "run")
+        import subprocess
+
+        subprocess.run(["mount", "-o", "remount,ro", str(target)], check=True)
+        yield target
+        _umount(target)
+    else:
+        shutil.copytree(ctx.run, target / "run")
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(target) in str(p) else real(p, mode, **kw))
+        yield target
+
+
+@pytest.mark.parametrize("command", ["train", "impute", "sample", "evaluate", "benchmark"])
+def test_writing_into_a_read_only_folder_is_one_line(command: str, read_only: Path, ctx: Ctx, capsys):
+    argv = {
+        "train": T("--out", "{tmp}/ro/new-run"),
+        "impute": ("impute", "{run}", "--input", "{npz}", "--output", "{tmp}/ro/filled.npz"),
+        "sample": (*SAMPLE, "--out", "{tmp}/ro/s.png"),
+        "evaluate": ("evaluate", "{tmp}/ro/run", "--metrics", "recon", "--device", "cpu", "--no-figures"),
+        "benchmark": (*BENCH, "--models", "poe", "--out", "{tmp}/ro/bench"),
+    }[command]
+    expected = ("read-only",) + (("copy the run",) if command == "evaluate" else ())
+    run_cli_case(CliCase(f"{command}-read-only", "CLI", "", argv, expected), ctx, capsys)
+
+
+@pytest.fixture
+def full_disk(ctx: Ctx):
+    """``{tmp}/full``: a 16 KiB tmpfs, too small for any output below (ENOSPC mid-write)."""
+    target = ctx.tmp / "full"
+    if not _mount(target, "size=16k"):
+        pytest.skip("cannot mount a tmpfs here; test_a_full_disk_at_the_final_write covers the same path")
+    yield target
+    _umount(target)
+
+
+@pytest.mark.parametrize("command", ["impute", "impute-csv", "sample"])
+def test_a_full_disk_is_one_line_and_leaves_nothing(command: str, full_disk: Path, ctx: Ctx, capsys):
+    if command == "impute-csv":
+        csv_with({"vec.csv": "a,b,c,d,e,f\n" + "1,2,3,4,5,6\n" * 400})(ctx.tmp)
+    argv = {
+        "impute": ("impute", "{run}", "--input", "{npz}", "--output", "{tmp}/full/filled.npz"),
+        "impute-csv": ("impute", "{run}", "--input", "{tmp}/table", "--output", "{tmp}/full/filled"),
+        "sample": (*SAMPLE, "--n", "32", "--out", "{tmp}/full/s.png"),
+    }[command]
+    line = run_cli_case(CliCase(f"{command}-full", "CLI", "", argv, ("cannot write", "No space left on device")), ctx, capsys)
+    assert "nothing was written" in line
+    assert list(full_disk.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["impute", "sample", "evaluate"])
+def test_a_full_disk_at_the_final_write(command: str, ctx: Ctx, capsys, monkeypatch):
+    """The same without a mount: the flush to disk (where delayed allocation reports a full
+    disk) fails with ENOSPC; the temporary file is removed and the run is unchanged."""
+    import errno
+
+    def fsync(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    from tqdm import tqdm
+
+    # Progress bars on stderr would add lines before the one line checked here.
+    monkeypatch.setattr("omnivae.metrics.common.tqdm", lambda *a, **k: tqdm(*a, **{**k, "disable": True}), raising=False)
+    argv = {
+        "impute": ("impute", "{run}", "--input", "{npz}", "--output", "{tmp}/filled.npz", "--device", "cpu"),
+        "sample": (*SAMPLE,),
+        "evaluate": ("evaluate", "{run}", "--metrics", "recon", "--device", "cpu", "--no-figures"),
+    }[command]
+    run_cli_case(CliCase(f"{command}-enospc", "CLI", "", argv, ("cannot write", "No space left on device")), ctx, capsys)
+
+
+def test_a_closed_pipe_ends_quietly(tmp_path: Path):
+    """``omnivae models | head -1``: no traceback, nothing on stderr, the status of a tool
+    stopped by SIGPIPE."""
+    import subprocess
+    import sys
+
+    # The reader (true) is gone before omnivae prints: the write must fail, every time.
+    code = "import sys, time; from omnivae.cli import main; time.sleep(1); sys.exit(main(['models']))"
+    done = subprocess.run(f"{sys.executable} -c \"{code}\" | true; exit ${{PIPESTATUS[0]}}",
+                          shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120)
+    assert done.stderr == "", done.stderr
+    assert done.returncode == 141
+
+
+def test_a_closed_pipe_in_process(capsys, monkeypatch):
+    class Closed:
+        def write(self, text: str) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self) -> None:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("sys.stdout", Closed())
+    assert main(["datasets"]) == 141
+    assert capsys.readouterr().err == ""
+
+
+# -- never silently wrong ---------------------------------------------------------------------------
+
+
+def test_impute_returns_observed_values_exactly_in_their_dtype(ctx: Ctx, capsys):
+    """int64 values above 2**24 (float32 would change them) and float64 come back bit for
+    bit; imputed cells of the integer modality are whole numbers in its dtype."""
+    from omnivae.data.arrays import read_npz
+
+    arrays = data_arrays(8)
+    big = 2**40 + np.arange(8 * 6, dtype=np.int64).reshape(8, 6) * 7 + 1
+    arrays["vec"] = big
+    arrays["age"] = np.pi * 10 ** np.arange(8, dtype=np.float64)
+    mask = np.ones(8, dtype=bool)
+    mask[[2, 5]] = False
+    arrays["mask_vec"] = mask
+    np.savez(ctx.tmp / "in.npz", **arrays)
+    assert main(["impute", str(ctx.run), "--input", str(ctx.tmp / "in.npz"), "--output", str(ctx.tmp / "out.npz"),
+                 "--device", "cpu"]) == 0
+    out = read_npz(ctx.tmp / "out.npz")
+    assert out["vec"].dtype == np.int64 and out["age"].dtype == np.float64
+    assert np.array_equal(out["vec"][mask], big[mask])
+    assert np.array_equal(out["age"], arrays["age"])
+    assert not np.array_equal(out["vec"][~mask], big[~mask])  # filled by the model, not copied
+    assert np.array_equal(out["mask_vec"], mask)
+
+
+def test_impute_force_replaces_an_existing_output(ctx: Ctx, capsys):
+    (ctx.tmp / "filled.npz").write_text("old")
+    argv = ["impute", str(ctx.run), "--input", str(ctx.npz), "--output", str(ctx.tmp / "filled.npz"), "--device", "cpu"]
+    assert main(argv) == 2 and (ctx.tmp / "filled.npz").read_text() == "old"
+    assert main([*argv, "--force"]) == 0
+    assert np.load(ctx.tmp / "filled.npz")["vec"].shape == (N, 6)
+
+
+def test_sample_says_when_it_drew_fewer_rows_than_asked(ctx: Ctx, capsys):
+    assert main([*(ctx.fill(a) for a in SAMPLE_CONDITIONAL), "--n", "100", "--out", str(ctx.tmp / "s.png")]) == 0
+    out = capsys.readouterr().out
+    assert "8 rows (--n 100, but the test split has only 8 example(s)" in out
+
+
+def test_likelihood_samples_subsets_above_ten_modalities():
+    """2**20 - 1 subsets are never enumerated: 1,023 are scored, always the singletons and
+    the full set (last), the same ones on every call; up to 10 modalities all are."""
+    from omnivae.metrics.likelihood import likelihood_subsets
+
+    names = [f"m{i}" for i in range(20)]
+    table, keys, info = likelihood_subsets(names)
+    assert info == {"scored": 1023, "of": 2**20 - 1, "sampled": True, "seed": 0}
+    assert table.shape == (1023, 20) and len(set(keys)) == 1023
+    assert table[:20].sum(1).eq(1).all() and table[-1].all()
+    assert (table.sum(1)[1:] >= table.sum(1)[:-1]).all()  # ordered by size
+    again, keys_again, _ = likelihood_subsets(names)
+    assert torch.equal(table, again) and keys == keys_again
+    small, _, info = likelihood_subsets(names[:10])
+    assert small.shape == (1023, 10) and not info["sampled"]
+
+
+def test_likelihood_on_twenty_modalities_runs_and_says_so():
+    from omnivae.metrics.likelihood import conditional_log_likelihoods
+    from omnivae.models import build_model
+
+    specs = tuple(ModalitySpec(f"m{i}", (2,)) for i in range(20))
+    data = MultimodalDataset(specs, {s.name: torch.randn(4, 2) for s in specs})
+    model, _ = build_model(ModelConfig(model="wb", latent_dim=2, hidden=[4], backbone="mlp"), specs)
+    out = conditional_log_likelihoods(model, data, num_samples=2, batch_size=4, seed=0)
+    assert out["subsets"]["sampled"] and out["subsets"]["scored"] == 1023
+    assert len(out["joint_given_subset"]) == 1023 and "+".join(s.name for s in specs) in out["joint_given_subset"]
+
+
 # -- running a case ---------------------------------------------------------------------------
 
 

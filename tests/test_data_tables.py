@@ -442,8 +442,10 @@ def test_impute_csv_without_schema_takes_the_runs_shapes(csv_run, tmp_path, caps
     assert back.columns["bits"] == ["bits_0", "bits_1", "bits_2", "bits_3"]
     assert back.arrays["bits"].dtype == np.bool_ and back.arrays["bits"].shape == (4, 4)
     assert json.loads((out / "schema.json").read_text())["img"] == {"shape": [1, 3, 4], "kind": "image"}
-    # Writing again replaces the previous output folder.
-    assert main(["impute", str(csv_run), "--input", str(source), "--output", str(out), "--device", "cpu"]) == 0
+    # Writing again replaces the previous output folder, only when told to (--force).
+    assert main(["impute", str(csv_run), "--input", str(source), "--output", str(out), "--device", "cpu"]) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert main(["impute", str(csv_run), "--input", str(source), "--output", str(out), "--device", "cpu", "--force"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["bits.csv", "img.csv", "schema.json", "vec.csv"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import fields
@@ -40,6 +42,18 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see '{self.prog} --help')")
 
 
+def _finite_float(text: str) -> float:
+    """argparse type of every float option: a finite number (``nan``/``inf`` would pass
+    ``float`` and every range check written as a comparison)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -52,15 +66,15 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--aggregator", help="swap the model's aggregation: poe, moe, mopoe, wb, mwb")
     p.add_argument("--epochs", type=int, help="training epochs (default 10)")
     p.add_argument("--latent-dim", type=int, help="latent size (default 32)")
-    p.add_argument("--beta", type=float, help="weight of the KL term (default 1)")
+    p.add_argument("--beta", type=_finite_float, help="weight of the KL term (default 1)")
     p.add_argument("--batch-size", type=int, help="batch size (default 256)")
-    p.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--lr", type=_finite_float, help="Adam learning rate (default 1e-3)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--device", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--missing-rate", type=float, help="hide each modality at random with this probability during training")
+    p.add_argument("--missing-rate", type=_finite_float, help="hide each modality at random with this probability during training")
     p.add_argument("--precision", help="network arithmetic: fp32, or bf16/fp16 mixed precision for the encoder and decoder networks (default fp32)")
     p.add_argument("--compile", help="torch.compile the training step: none, default, reduce-overhead (CUDA graphs) or max-autotune (default none)")
-    p.add_argument("--warmup-epochs", type=float, help="linear KL warm-up over this many epochs (default: the method's; 5 for poe, 10 for jmvae, else 0)")
+    p.add_argument("--warmup-epochs", type=_finite_float, help="linear KL warm-up over this many epochs (default: the method's; 5 for poe, 10 for jmvae, else 0)")
     p.add_argument("--backbone", help="network family: auto, mlp, conv, resnet (default auto)")
     p.add_argument("--hidden", help="MLP hidden widths, comma separated (default 512,512)")
     p.add_argument("--covariance", help="encoder covariance: diag or lowrank (full-covariance barycenters)")
@@ -71,8 +85,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dreg", action="store_true", default=None, help="DReG gradients for the moe objective")
     p.add_argument("--num-random-subsets", type=int, help="extra random subsets in poe's objective (default 0)")
     p.add_argument("--prior", help="prior: normal or laplace (default normal)")
-    p.add_argument("--alpha", type=float, help="jmvae: weight of the unimodal KL terms (default 0.1)")
-    p.add_argument("--tc-ratio", type=float, help="mvtcae: total-correlation ratio alpha in [0, 1] (default 5/6)")
+    p.add_argument("--alpha", type=_finite_float, help="jmvae: weight of the unimodal KL terms (default 0.1)")
+    p.add_argument("--tc-ratio", type=_finite_float, help="mvtcae: total-correlation ratio alpha in [0, 1] (default 5/6)")
     p.add_argument("--set", dest="set_options", action="append", metavar="KEY=VALUE",
                    help="a method-specific option (repeatable); 'omnivae models' lists each method's options")
     p.add_argument("--joint-encoder", help="jmvae: heads (per-modality heads + merging MLP) or concat (default heads)")
@@ -106,6 +120,7 @@ def _add_impute(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--batch-size", type=int, default=512)
     p.add_argument("--device", default="auto")
+    p.add_argument("--force", action="store_true", help="replace an existing --output (never done without it)")
     p.set_defaults(handler=cmd_impute)
 
 
@@ -185,9 +200,9 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="benchmark folder")
     p.add_argument("--metrics", help="comma-separated: coherence,probe,likelihood,fd,recon (default all)")
     p.add_argument("--latent-dim", type=int)
-    p.add_argument("--beta", type=float)
+    p.add_argument("--beta", type=_finite_float)
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float)
+    p.add_argument("--lr", type=_finite_float)
     p.add_argument("--backbone")
     p.add_argument("--hidden")
     p.add_argument("--device", default="auto")
@@ -259,15 +274,28 @@ def _load_config_file(path: str | None) -> dict:
     if not file.is_file():
         raise UserError(f"--config {path}: no such file; give a JSON file of option names to values")
     try:
-        obj = json.loads(file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        obj = json.loads(file.read_text(), parse_constant=_no_constant)
+    except (OSError, ValueError) as err:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
         raise UserError(f"--config {path} is not valid JSON ({err})") from None
+    except RecursionError:
+        raise UserError(f"--config {path} is nested too deeply; give a flat JSON object of option names to values") from None
     if not isinstance(obj, dict):
         raise UserError(f"--config {path} must hold a JSON object of option names to values")
     options = {k.replace("-", "_"): v for k, v in obj.items()}
+    sets = options.get("set_options")
+    if sets is not None and (not isinstance(sets, list) or not all(isinstance(item, str) for item in sets)):
+        raise UserError(
+            f'--config {path}: \'set_options\' must be a list of "KEY=VALUE" strings, as --set takes, '
+            f"got {json.dumps(sets)[:60]}"
+        )
     for key, value in options.items():
         _check_config_value(path, key, value)
     return options
+
+
+def _no_constant(name: str) -> float:
+    """``parse_constant`` for :func:`json.loads`: NaN and Infinity are not JSON."""
+    raise ValueError(f"{name} is not a JSON number, and options must be finite")
 
 
 def _check_config_value(path: str, key: str, value: object) -> None:
@@ -285,6 +313,8 @@ def _check_config_value(path: str, key: str, value: object) -> None:
     wanted = type_problem(value, defaults[key])
     if wanted is not None:
         raise UserError(f"--config {path}: {key!r} must be {wanted}, got {json.dumps(value)}")
+    if isinstance(value, float) and not math.isfinite(value):  # 1e999 parses as inf
+        raise UserError(f"--config {path}: {key!r} must be a finite number, got {value}")
 
 
 def _options(args: argparse.Namespace) -> dict:
@@ -314,9 +344,12 @@ def _parse_set(item: str) -> tuple[str, object]:
         return key, text.lower() == "true"
     for kind in (int, float):
         try:
-            return key, kind(text)
+            value = kind(text)
         except ValueError:
-            pass
+            continue
+        if not math.isfinite(value):
+            raise UserError(f"--set {item}: must be a finite number, got {text!r}")
+        return key, value
     return key, text
 
 
@@ -398,9 +431,17 @@ def cmd_train(args: argparse.Namespace) -> int:
         dataset_name = _absolute_dataset(options.get("dataset", DEFAULT_DATASET))
         data_dir = options.get("data_dir")
         run_dir = Path(options["out"]) if "out" in options else new_run_dir(model_config.model, dataset_name)
+        from omnivae.outputs import check_output_folder
+
+        check_output_folder(run_dir, "--out")
     model_config.validate()
     data = load_dataset(dataset_name, data_dir=data_dir, seed=0)
     train_config.validate(len(data.train))
+    from omnivae.resources import check_train_memory
+    from omnivae.train import resolve_device
+
+    check_train_memory(model_config, data.modalities, min(train_config.batch_size, len(data.train)),
+                       resolve_device(train_config.device))
     print(
         f"training {model_config.model} (aggregator {model_config.aggregator or 'default'}) on {dataset_name}: "
         f"{len(data.train)} train / {len(data.test)} test samples, modalities "
@@ -453,26 +494,33 @@ def _impute_format(path: Path) -> str:
     raise UserError(f"--input {path} is not a folder and does not end in .h5, .hdf5 or .npz; give {_IMPUTE_FORMS}")
 
 
-def _check_impute_output(output: Path, form: str) -> None:
-    """The output is written in the input's format: check its name and place up front."""
+def _check_impute_output(output: Path, form: str, source: Path, force: bool = False) -> None:
+    """The output is written in the input's format: check its name and place up front,
+    and never replace an existing output (or the input) unless ``force``."""
     from omnivae.data.tables import HDF5_SUFFIXES, check_csv_output
+    from omnivae.outputs import check_output_file, check_output_folder
 
-    if not output.parent.exists():
-        raise UserError(f"--output {output}: the folder {output.parent} does not exist")
     if form == "csv":
         if output.suffix.lower() in (*HDF5_SUFFIXES, ".npz", ".csv"):
             raise UserError(f"--output {output} must name a folder: the input is a CSV folder")
-        if output.exists():
-            check_csv_output(output)
-        return
-    suffixes = HDF5_SUFFIXES if form == "hdf5" else (".npz",)
-    if output.suffix.lower() not in suffixes:
-        raise UserError(
-            f"--output {output} must end in {' or '.join(suffixes)}: the input is an {form.upper()} file "
-            "and the output is written in its format"
-        )
-    if output.is_dir():
-        raise UserError(f"--output {output} is a folder; name a file ending in {' or '.join(suffixes)}")
+        check_output_folder(output, "--output", must_exist_parent=True)
+    else:
+        suffixes = HDF5_SUFFIXES if form == "hdf5" else (".npz",)
+        if output.suffix.lower() not in suffixes:
+            raise UserError(
+                f"--output {output} must end in {' or '.join(suffixes)}: the input is an {form.upper()} file "
+                "and the output is written in its format"
+            )
+        if output.is_dir():
+            raise UserError(f"--output {output} is a folder; name a file ending in {' or '.join(suffixes)}")
+        check_output_file(output, "--output")
+    if output.exists() and source.exists() and output.resolve() == source.resolve():
+        raise UserError(f"--output {output} is the input; write the filled data elsewhere")
+    if output.exists():
+        if form == "csv":
+            check_csv_output(output)  # a folder of anything but a CSV folder's files is never replaced
+        if not force:
+            raise UserError(f"--output {output} already exists; pass --force to replace it, or pick another --output")
 
 
 def _check_impute_modalities(data, expected: dict, source: str, form: str) -> None:
@@ -521,9 +569,34 @@ def _impute_values(model, data, expected: dict, device, batch_size: int) -> dict
     return arrays
 
 
-def _filled_arrays(raw: dict, data, expected: dict, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _in_dtype(values: np.ndarray, dtype: np.dtype, name: str, source: str) -> np.ndarray:
+    """Imputed values in the input's dtype: floats as they are, integers rounded to the
+    nearest (half to even); a value outside the integer type's range is refused."""
+    if dtype.kind not in "iu":
+        return values.astype(dtype)
+    rounded = np.round(values.astype(np.float64))
+    info = np.iinfo(dtype)
+    bad = ~np.isfinite(rounded) | (rounded < info.min) | (rounded > info.max)
+    if bad.any():
+        row = int(np.flatnonzero(bad.reshape(len(bad), -1).any(axis=1))[0])
+        raise DataError(
+            f"{source}: a value imputed for modality {name!r} (the {row + 1}th missing row) does not fit "
+            f"its integer type {dtype}; store the modality as floats to impute it"
+        )
+    return rounded.astype(dtype)
+
+
+def _filled_arrays(
+    raw: dict, data, expected: dict, values: dict[str, np.ndarray], source_name: str = "input"
+) -> dict[str, np.ndarray]:
     """The npz/HDF5 output: each modality filled, ``mask_<name>`` marking the observed
-    values, and the input's labels, label names and split as given."""
+    values, and the input's labels, label names and split as given.
+
+    A modality of the input keeps its shape (a 1-D array is read as (N, 1)) and dtype, and
+    its observed values are copied from the input, never through the model's float32: an
+    int64 above 2**24 or a float64 comes back exactly. Imputed values in an integer
+    modality are rounded to the nearest integer (:func:`_in_dtype`).
+    """
     arrays: dict[str, np.ndarray] = {}
     n = len(data)
     present = [m.name for m in data.modalities]
@@ -531,12 +604,13 @@ def _filled_arrays(raw: dict, data, expected: dict, values: dict[str, np.ndarray
         array = values[name]
         observed = data.masks[name].numpy() if name in present else np.zeros(n, dtype=bool)
         if name in present:
-            # Give back the input's shape (a 1-D array is read as (N, 1)) and float dtype,
-            # and its observed values exactly as given (float64 must not pass through float32).
             source = raw[name]
-            dtype = source.dtype if source.dtype.kind == "f" else array.dtype
-            array = array.reshape(source.shape).astype(dtype)
-            array[observed] = source[observed]
+            array = array.reshape(source.shape)
+            filled = np.empty(source.shape, dtype=source.dtype)
+            filled[observed] = source[observed]
+            if (~observed).any():
+                filled[~observed] = _in_dtype(array[~observed], source.dtype, name, source_name)
+            array = filled
         arrays[name] = array
         arrays[f"mask_{name}"] = observed
     for key in ("labels", "label_names", "split"):
@@ -553,7 +627,7 @@ def cmd_impute(args: argparse.Namespace) -> int:
 
     source, output = Path(args.input), Path(args.output)
     form = _impute_format(source)
-    _check_impute_output(output, form)
+    _check_impute_output(output, form, source, args.force)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
     device = resolve_device(args.device)
@@ -573,20 +647,27 @@ def cmd_impute(args: argparse.Namespace) -> int:
     counts = {
         name: n - (int(data.masks[name].sum()) if name in present else 0) for name in expected
     }
-    if table is not None:
-        write_filled_csv(table, values, run.modalities, output)
-        where = "every row filled"
-    else:
-        arrays = _filled_arrays(raw, data, expected, values)
-        if form == "hdf5":
-            write_hdf5(output, arrays, group=hdf5_group(source))
-        else:
-            import io
+    from omnivae.outputs import WRITE_ERRNOS, write_failure
 
-            buffer = io.BytesIO()
-            np.savez(buffer, **arrays)
-            atomic_write_bytes(output, buffer.getvalue())
-        where = "mask_<name> arrays mark the observed values"
+    try:
+        if table is not None:
+            write_filled_csv(table, values, run.modalities, output)
+            where = "every row filled"
+        else:
+            arrays = _filled_arrays(raw, data, expected, values, str(source))
+            if form == "hdf5":
+                write_hdf5(output, arrays, group=hdf5_group(source))
+            else:
+                import io
+
+                buffer = io.BytesIO()
+                np.savez(buffer, **arrays)
+                atomic_write_bytes(output, buffer.getvalue())
+            where = "mask_<name> arrays mark the observed values"
+    except OSError as err:  # a full disk mid-write: the temporary file or folder is already gone
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        raise write_failure(err, str(output)) from None
     print(
         f"imputed {sum(counts.values())} missing entries ("
         + ", ".join(f"{k}: {v}" for k, v in counts.items())
@@ -600,12 +681,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from omnivae.evaluate import evaluate_run
     from omnivae.train import check_run_dir
 
+    from omnivae.outputs import WRITE_ERRNOS, write_failure
+
     check_run_dir(Path(args.run))
-    results = evaluate_run(args.run, _eval_options(args, args.metrics))
+    if not os.access(args.run, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{args.run} is read-only here, and evaluate writes eval.json, report.md and figures/ into the run; "
+            "copy the run somewhere writable and evaluate the copy"
+        )
+    try:
+        results = evaluate_run(args.run, _eval_options(args, args.metrics))
+    except OSError as err:  # a full disk at a write: that file's temporary is already gone
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        raise write_failure(err, err.filename or f"the evaluation of {args.run}") from None
     from omnivae.benchmark import summarise_run
 
     for metric, value in summarise_run(results).items():
         print(f"  {metric:28} {value:.4g}")
+    subsets = results.get("likelihood", {}).get("subsets") or {}
+    if subsets.get("sampled"):
+        print(f"  likelihood: {subsets['of']:,} subsets are too many; scored {subsets['scored']:,} "
+              f"(singletons, the full set and random subsets, seed {subsets.get('seed')})")
     print(f"wrote {Path(args.run) / 'eval.json'}, {Path(args.run) / 'report.md'} and {Path(args.run) / 'figures'}/")
     return 0
 
@@ -616,14 +713,19 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from omnivae.report import sample_grid
     from omnivae.train import load_run, resolve_device
 
+    from omnivae.outputs import WRITE_ERRNOS, check_output_file, write_failure
+    from omnivae.resources import check_sample_memory
+
     out = Path(args.out)
+    if out.is_dir():
+        raise UserError(f"--out {out} is a folder; name a .png file, e.g. {out / 'samples.png'}")
     if out.suffix.lower() != ".png":
         raise UserError(f"--out {out} must end in .png")
-    if not out.parent.exists():
-        raise UserError(f"--out {out}: the folder {out.parent} does not exist")
+    check_output_file(out, "--out")
     if args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
     run = load_run(args.run, device=resolve_device(args.device))
+    check_sample_memory(run.modalities, args.n, "--n")
     given = [g.strip() for g in (args.given or "").split(",") if g.strip()]
     unknown = [g for g in given if g not in run.model.names]
     if unknown:
@@ -637,8 +739,15 @@ def cmd_sample(args: argparse.Namespace) -> int:
         inputs, generated = {}, {k: v.cpu() for k, v in run.model.generate(args.n).items()}
         observed, row_labels = None, None
         title = f"unconditional samples from the prior (seed {args.seed})"
-    sample_grid(inputs, generated, run.modalities, out, title=title, observed=observed, row_labels=row_labels)
-    print(f"wrote {out}: {len(next(iter(generated.values())))} rows, {title}")
+    try:
+        sample_grid(inputs, generated, run.modalities, out, title=title, observed=observed, row_labels=row_labels)
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        raise write_failure(err, str(out)) from None
+    drawn = len(next(iter(generated.values())))
+    short = "" if drawn == args.n else f" (--n {args.n}, but the test split has only {drawn} example(s) to condition on)"
+    print(f"wrote {out}: {drawn} rows{short}, {title}")
     return 0
 
 
@@ -646,6 +755,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     from omnivae.benchmark import run_benchmark
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:
+        raise UserError(f"--models {args.models!r} names no model; give comma-separated names such as poe,mwb (see 'omnivae models')")
     model_options = {}
     for key in ("latent_dim", "beta", "backbone"):
         if getattr(args, key) is not None:
@@ -674,6 +785,9 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     for name in models:
         ModelConfig(**{**model_options, "model": name}).validate()
     TrainConfig(**train_options).validate()
+    from omnivae.outputs import check_output_folder
+
+    check_output_folder(args.out, "--out")
     summary = run_benchmark(models, _absolute_dataset(args.dataset), args.seeds, Path(args.out), model_options, train_options,
                             _eval_options(args, args.metrics), data_dir=args.data_dir, betas=betas)
     print((Path(args.out) / "results.md").read_text())
@@ -752,6 +866,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("omnivae: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (omnivae models | head -1): stop quietly
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool stopped by a closed pipe
+    except OSError as err:
+        from omnivae.outputs import WRITE_ERRNOS, write_failure
+
+        if err.errno not in WRITE_ERRNOS:
+            raise
+        print(f"omnivae: error: {write_failure(err, err.filename or 'the output')}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as err:
+        if not _out_of_memory(err):
+            raise
+        print(
+            "omnivae: error: out of memory (" + str(err).splitlines()[0][:120] + "); use a smaller --batch-size, "
+            "--latent-dim, --num-samples or --n; nothing was written",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """An allocation failure (CPU or GPU), as opposed to any other error."""
+    if isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError":
+        return True
+    text = str(err)
+    return "can't allocate memory" in text or "out of memory" in text.lower()
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that the interpreter's final flush does not fail again."""
+    try:
+        import os
+
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # no real file behind stdout (a test's capture)
+        pass
 
 
 def entry_point() -> None:

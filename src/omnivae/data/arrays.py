@@ -19,6 +19,13 @@ File layout (all keys optional except the modalities):
 Files are read with ``allow_pickle=False``: an array of Python objects is rejected, and
 loading data never executes code. Every problem raises one :class:`DataError` line that
 names the file, the modality and what to do.
+
+Limits checked before anything is read or inflated: modality names match
+:data:`omnivae.data.base.MODALITY_NAME` (they become file names); the arrays of one file
+may inflate to at most :func:`max_load_bytes` (8 GiB unless ``OMNIVAE_MAX_LOAD_GB`` says
+otherwise), judged from each ``.npy`` header before its data is read, so a header claiming
+terabytes or a zip bomb is refused without allocating; integer labels stay below
+:data:`MAX_CLASSES` (a label is a class id, and the metrics allocate one row per class).
 """
 
 from __future__ import annotations
@@ -32,7 +39,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from omnivae.data.base import DatasetSplits, ModalityKind, ModalitySpec, MultimodalDataset
+from omnivae.data.base import (
+    DatasetSplits,
+    ModalityKind,
+    ModalitySpec,
+    MultimodalDataset,
+    check_modality_names,
+)
 from omnivae.errors import DataError, UserError
 
 __all__ = [
@@ -44,10 +57,65 @@ __all__ = [
     "split_dataset",
     "load_npz",
     "load_npz_array",
+    "max_load_bytes",
+    "check_load_size",
+    "MAX_CLASSES",
+    "MAX_LOAD_ENV",
 ]
 
 RESERVED_KEYS = ("labels", "label_names", "split")
 MASK_PREFIX = "mask_"
+
+#: Integer labels must be below this: they are class ids, and the classifiers and metrics
+#: allocate per class. Larger ids (10**12, say) are refused rather than remapped, so a
+#: label means the same class in every file and in the outputs; use 0..K-1 or strings.
+MAX_CLASSES = 100_000
+#: Environment variable raising (or lowering) what one data file may inflate to, in GiB.
+MAX_LOAD_ENV = "OMNIVAE_MAX_LOAD_GB"
+_DEFAULT_MAX_LOAD_GB = 8.0
+#: Label texts that mean "no label" (a missing value, never a class).
+_MISSING_LABELS = ("", "nan", "na", "n/a", "none", "null")
+
+
+def max_load_bytes() -> int:
+    """What the arrays of one data file may inflate to in memory: 8 GiB, or
+    ``OMNIVAE_MAX_LOAD_GB`` GiB.
+
+    Raises:
+        UserError: if ``OMNIVAE_MAX_LOAD_GB`` is not a positive finite number.
+    """
+    text = os.environ.get(MAX_LOAD_ENV)
+    if text is None or not text.strip():
+        return int(_DEFAULT_MAX_LOAD_GB * 2**30)
+    try:
+        gib = float(text)
+    except ValueError:
+        gib = float("nan")
+    if not (np.isfinite(gib) and gib > 0):
+        raise UserError(f"{MAX_LOAD_ENV} must be a positive number of GiB, got {text!r}")
+    return int(gib * 2**30)
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} bytes"
+
+
+def check_load_size(total: int, source: str, what: str) -> None:
+    """Refuse a load whose arrays would inflate to more than :func:`max_load_bytes`.
+
+    Raises:
+        DataError: naming the size, the limit and how to raise it.
+    """
+    limit = max_load_bytes()
+    if total > limit:
+        raise DataError(
+            f"{source}: {what} would take {_size(total)} in memory, above the {_size(limit)} "
+            f"that one load may inflate to; if the file is right and the memory is there, "
+            f"raise the limit with {MAX_LOAD_ENV}=<GiB>"
+        )
 
 
 def infer_kind(dtype: np.dtype) -> ModalityKind:
@@ -81,7 +149,10 @@ def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         raise DataError(f"{path} is a folder, not an .npz file; pass a file saved with numpy.savez as npz:FILE")
     if not path.is_file():
         raise DataError(f"npz file {str(path)!r} not found; pass an existing file as npz:FILE")
-    if not _starts_like_npz(path):
+    head = _head(path)
+    if head == b"\x93NUMPY":  # told before np.load, which would read the whole array
+        raise DataError(f"{path} holds a single array, not an .npz archive; save it with numpy.savez")
+    if not head.startswith(b"PK"):
         raise DataError(f"{path} is not a valid .npz file (not a zip archive of .npy arrays); save it with numpy.savez")
     try:
         archive = np.load(path, allow_pickle=False)
@@ -95,30 +166,65 @@ def read_npz(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         )
     arrays: dict[str, np.ndarray] = {}
     with archive:
-        for key in archive.files:
-            try:
-                arrays[key] = archive[key]
-            except ValueError as error:
+        total = 0
+        headers = {key: _npy_header(archive, key, path) for key in archive.files}
+        for key, (nbytes, has_objects, stored) in headers.items():
+            if has_objects:
                 raise DataError(
                     f"{path}: array {key!r} holds Python objects, which omnivae never loads; "
                     "store numbers (or fixed-width strings for labels)"
-                ) from error
-            except (OSError, EOFError, zipfile.BadZipFile) as error:
+                )
+            total += nbytes
+            check_load_size(total, str(path), f"array {key!r} (with those before it)")
+            if stored < nbytes:
                 raise DataError(
-                    f"{path}: array {key!r} cannot be read ({error}); the file is damaged"
+                    f"{path}: array {key!r} is truncated: its header promises {_size(nbytes)} "
+                    f"of data but the archive holds {_size(max(stored, 0))}; save it again with "
+                    "numpy.savez"
+                )
+        for key in archive.files:
+            try:
+                arrays[key] = archive[key]
+            except (OSError, EOFError, ValueError, zipfile.BadZipFile) as error:
+                raise DataError(
+                    f"{path}: array {key!r} cannot be read ({error}); the file is truncated or "
+                    "damaged: save it again with numpy.savez"
                 ) from error
     return arrays
 
 
-def _starts_like_npz(path: Path) -> bool:
-    """True if ``path`` starts like a zip archive or a single ``.npy`` array (which
-    :func:`read_npz` reports on its own); numpy's error for anything else is misleading."""
+def _npy_header(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> tuple[int, bool, int]:
+    """``(bytes the array will take, holds Python objects, data bytes the member holds)``
+    from a member's ``.npy`` header, read without reading (or inflating) the data, so that
+    a header claiming terabytes, a zip bomb or a member cut short is reported before
+    numpy allocates (or mistakes the short read for something else)."""
+    member = key if key in archive.zip.namelist() else f"{key}.npy"
+    damaged = f"{path}: array {key!r} is truncated or damaged"
+    try:
+        info = archive.zip.getinfo(member)
+        with archive.zip.open(member) as handle:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+            offset = handle.tell()
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile) as error:
+        raise DataError(f"{damaged} ({error}); save it again with numpy.savez") from error
+    if dtype.hasobject:
+        return 0, True, 0
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    return nbytes, False, info.file_size - offset
+
+
+def _head(path: Path) -> bytes:
+    """The first bytes of ``path``: a zip archive starts with ``PK``, a lone ``.npy`` array
+    with ``\\x93NUMPY``; numpy's own error for anything else is misleading."""
     try:
         with open(path, "rb") as handle:
-            head = handle.read(6)
+            return handle.read(6)
     except OSError as error:
         raise DataError(f"{path} cannot be read ({error.strerror or error}); check its permissions") from None
-    return head.startswith(b"PK") or head == b"\x93NUMPY"
 
 
 def _mask(arrays: Mapping[str, np.ndarray], key: str, n: int, source: str) -> np.ndarray:
@@ -163,6 +269,17 @@ def _labels(
             raise DataError(f"{source}: label_names has duplicates; name each label once")
     if raw.dtype.kind in "US":
         values = [_text(v) for v in raw.tolist()]
+        missing = [i for i, v in enumerate(values) if v.strip().lower() in _MISSING_LABELS]
+        if missing:
+            raise DataError(
+                f"{source}: label {values[missing[0]]!r} in row {missing[0]} is a missing label, not a "
+                "class; omnivae needs a label for every sample (or no labels at all)"
+            )
+        if len(set(values)) > MAX_CLASSES:
+            raise DataError(
+                f"{source}: the labels name {len(set(values))} classes, more than the {MAX_CLASSES} "
+                "omnivae handles; labels are classes, not ids"
+            )
         if given is None:
             given = sorted(set(values))
         lookup = {name: i for i, name in enumerate(given)}
@@ -171,8 +288,28 @@ def _labels(
             raise DataError(f"{source}: label {unknown[0]!r} is not in label_names")
         return torch.tensor([lookup[v] for v in values], dtype=torch.int64), given
     if raw.dtype.kind in "biu":
+        if raw.dtype.kind in "iu" and raw.max() >= MAX_CLASSES:  # before int64 could wrap it
+            row = int(np.argmax(raw))
+            raise DataError(
+                f"{source}: label {raw[row]} in row {row} is not a class id below {MAX_CLASSES} "
+                "(classes are numbered 0, 1, ..., and the metrics keep one entry per class); "
+                "number the classes 0, 1, ... (or use strings)"
+            )
         labels = raw.astype(np.int64)
+    elif raw.dtype.kind == "f" and np.isnan(raw).any():
+        row = int(np.flatnonzero(np.isnan(raw))[0])
+        raise DataError(
+            f"{source}: label NaN in row {row} is a missing label, not a class; omnivae needs a "
+            "label for every sample (or no labels at all)"
+        )
     elif raw.dtype.kind == "f" and np.isfinite(raw).all() and (raw == np.round(raw)).all():
+        if np.abs(raw).max() >= MAX_CLASSES:
+            row = int(np.argmax(np.abs(raw)))
+            raise DataError(
+                f"{source}: label {raw[row]:g} in row {row} is not a class id below {MAX_CLASSES} "
+                "(classes are numbered 0, 1, ..., and the metrics keep one entry per class); "
+                "number the classes 0, 1, ... (or use strings)"
+            )
         labels = raw.astype(np.int64)
     else:
         raise DataError(
@@ -221,6 +358,7 @@ def dataset_from_arrays(
             f"{source}: no modality arrays; store one array per modality under any key "
             f"other than {', '.join(RESERVED_KEYS)} and {MASK_PREFIX}*"
         )
+    check_modality_names(modality_keys, source)
     first = modality_keys[0]
     raw: dict[str, np.ndarray] = {}
     kinds: dict[str, ModalityKind] = {}
@@ -278,11 +416,19 @@ def dataset_from_arrays(
     specs = []
     for key in modality_keys:
         array, mask, kind = raw[key], masks[key], kinds[key]
-        values = array.copy() if kind == "image" else array.astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, once
+            values = array.copy() if kind == "image" else array.astype(np.float32)
         if kind == "vector":
             bad = ~np.isfinite(values.reshape(n, -1)).all(axis=1) & mask
             if bad.any():
                 row = int(np.flatnonzero(bad)[0])
+                given = array[row].reshape(-1)
+                if np.isfinite(given).all():
+                    big = given[np.argmax(np.abs(given))]
+                    raise DataError(
+                        f"{source}: modality {key!r} row {row} holds {big:g}, beyond the float32 "
+                        "range omnivae computes in (about +-3.4e38); rescale the modality"
+                    )
                 raise DataError(
                     f"{source}: modality {key!r} has NaN or infinite values in row {row}; fix "
                     f"them or set {MASK_PREFIX}{key}[{row}] = False to mark the row missing"

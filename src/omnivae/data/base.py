@@ -17,7 +17,8 @@ Two storage forms keep large datasets small in memory, both expanded only per ba
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -27,6 +28,42 @@ from torch import Tensor
 from omnivae.errors import DataError
 
 ModalityKind = Literal["image", "vector", "binary", "categorical"]
+
+#: A modality name: letters, digits, ``_`` and ``-``, starting with a letter or digit, at
+#: most 64 characters. Names become file names (``<modality>.csv``) and array keys, so
+#: anything that could be read as a path (``/``, ``.``, ``..``) is refused at load.
+MODALITY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def check_modality_names(names: Iterable[object], source: str) -> None:
+    """Refuse modality names outside :data:`MODALITY_NAME` or equal after case-folding.
+
+    Raises:
+        DataError: one line naming the first bad name and the rule.
+
+    Example:
+        >>> check_modality_names(["img", "m-0", "Text_1"], "data.npz")
+        >>> check_modality_names(["a/b"], "data.npz")
+        Traceback (most recent call last):
+        ...
+        omnivae.errors.DataError: data.npz: modality name 'a/b' is not allowed; ...
+    """
+    seen: dict[str, str] = {}
+    for name in names:
+        if not isinstance(name, str) or not MODALITY_NAME.fullmatch(name):
+            shown = repr(name) if len(repr(name)) <= 80 else repr(name)[:77] + "..."
+            why = "is empty" if name == "" else "is not allowed"
+            raise DataError(
+                f"{source}: modality name {shown} {why}; use 1 to 64 letters, digits, _ or -, "
+                "starting with a letter or digit (names become file names)"
+            )
+        folded = name.casefold()
+        if folded in seen:
+            raise DataError(
+                f"{source}: modality names {seen[folded]!r} and {name!r} differ only in case; "
+                "rename one (names become file names)"
+            )
+        seen[folded] = name
 
 
 @dataclass(frozen=True)
@@ -85,6 +122,7 @@ class MultimodalDataset:
         names = [m.name for m in self.modalities]
         if not names:
             raise DataError(f"{self.name}: a dataset needs at least one modality")
+        check_modality_names(names, self.name)
         missing = [n for n in names if n not in self.data]
         if missing:
             raise DataError(f"{self.name}: no data for modalities {missing}")

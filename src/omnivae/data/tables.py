@@ -55,12 +55,20 @@ from pathlib import Path
 import numpy as np
 
 from omnivae.data.arrays import (
+    _MISSING_LABELS,
     MASK_PREFIX,
     RESERVED_KEYS,
+    check_load_size,
     dataset_from_arrays,
     split_dataset,
 )
-from omnivae.data.base import DatasetSplits, ModalityKind, ModalitySpec, MultimodalDataset
+from omnivae.data.base import (
+    DatasetSplits,
+    ModalityKind,
+    ModalitySpec,
+    MultimodalDataset,
+    check_modality_names,
+)
 from omnivae.errors import DataError
 from omnivae.fileio import atomic_write
 
@@ -408,8 +416,12 @@ def _side_file(
 
 def _labels_array(cells: list[str], lines: list[int], path: Path) -> np.ndarray:
     for text, line in zip(cells, lines):
-        if not text:
-            raise DataError(f"{path} line {line} has an empty label; give every sample a label")
+        if text.strip().lower() in _MISSING_LABELS:
+            shown = "an empty label" if not text.strip() else f"label {text!r}"
+            raise DataError(
+                f"{path} line {line} has {shown}, a missing label, not a class; give every "
+                f"sample a label (or remove {LABELS_FILE})"
+            )
     try:
         labels = np.array([int(text) for text in cells], dtype=np.int64)
     except ValueError:
@@ -461,6 +473,9 @@ def _storage(
         bad = (values != 0) & (values != 1)
         if bad.any():
             fail(bad, "0 or 1; categorical modalities hold one-hot codes")
+    bad = np.abs(values) > np.finfo(np.float32).max
+    if bad.any():
+        fail(bad, "within the float32 range omnivae computes in (about +-3.4e38); rescale the column")
     return values.astype(np.float32)
 
 
@@ -497,10 +512,15 @@ def read_csv_folder(
             f"{_CSV_LAYOUT}"
         )
     reserved_files = (LABELS_FILE, SPLIT_FILE)
-    files = sorted(
-        p for p in folder.iterdir()
-        if p.is_file() and p.suffix.lower() == ".csv" and p.name.lower() not in reserved_files
-    )
+    try:
+        files = sorted(
+            p for p in folder.iterdir()
+            if p.is_file() and p.suffix.lower() == ".csv" and p.name.lower() not in reserved_files
+        )
+    except OSError as error:
+        raise DataError(
+            f"CSV folder {str(folder)!r} cannot be read ({error.strerror or error}); check its permissions"
+        ) from None
     if not files:
         raise DataError(f"{folder} holds no modality CSV files; it needs {_CSV_LAYOUT}")
     names = [p.stem for p in files]
@@ -512,6 +532,7 @@ def read_csv_folder(
             )
     if len({n.lower() for n in names}) != len(names):
         raise DataError(f"{folder}: modality file names differ only in case; rename one")
+    check_modality_names(names, str(folder))
 
     parsed = {name: _csv_rows(path) for name, path in zip(names, files)}
     with_id = [name for name in names if ID_COLUMN in parsed[name][0]]
@@ -689,7 +710,15 @@ def _write_folder(path: Path, files: Mapping[str, bytes]) -> None:
     old: Path | None = None
     try:
         for filename, data in files.items():
-            with open(tmp / filename, "wb") as handle:
+            # Names come from data (modality names): whatever they hold, nothing is
+            # written outside the output folder.
+            target = (tmp / filename).resolve()
+            if target.parent != tmp.resolve() or filename in ("", ".", ".."):
+                raise DataError(
+                    f"{filename!r} cannot be written inside {path}: it names a place outside the "
+                    "output folder; rename the modality"
+                )
+            with open(target, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -759,6 +788,7 @@ def write_filled_csv(
         DataError: if ``path`` exists and is not a folder of CSV files.
     """
     path = Path(path)
+    check_modality_names([spec.name for spec in specs], "the run")
     files: dict[str, bytes] = {}
     schema = {}
     for spec in specs:
@@ -860,8 +890,18 @@ def read_hdf5(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                         f"modality at the root or under the group {HDF5_GROUP!r}"
                     )
                 places.append(item)
+        total = 0
         for place in places:
             for key, item in place.items():
+                if item is None:  # h5py gives None for a link it cannot resolve
+                    link = place.get(key, getlink=True)
+                    target = getattr(link, "path", "?")
+                    if isinstance(link, h5py.ExternalLink):
+                        target = f"{link.filename}:{link.path}"
+                    raise DataError(
+                        f"{path}: {place.name.rstrip('/')}/{key} is a link to {target}, which "
+                        "cannot be opened; put the file next to it or store the data itself"
+                    )
                 if isinstance(item, h5py.Group):
                     if place is handle:
                         continue
@@ -875,6 +915,9 @@ def read_hdf5(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
                     raise DataError(
                         f"{path}: {key!r} is both at the root and under {HDF5_GROUP}/; keep one"
                     )
+                if item.shape is not None:  # judged before reading: compressed data inflates
+                    total += int(np.prod(item.shape, dtype=object)) * item.dtype.itemsize
+                    check_load_size(total, str(path), f"dataset {item.name!r} (with those before it)")
                 arrays[key] = _read_dataset(h5py, item, key, path)
     for key, array in arrays.items():
         if key not in ("labels", "label_names") and array.dtype.kind in "US":

@@ -192,7 +192,7 @@ def conditional_log_likelihoods(
         -1203.7
     """
     _check_sizes(num_samples, batch_size, chunk)
-    subsets, keys = all_subsets(model.names, device=model.device)
+    subsets, keys, enumeration = likelihood_subsets(model.names, device=model.device)
     size = subsets.shape[0]
     sums = torch.zeros(2, size, dtype=torch.float64, device=device)  # joint, conditional
     counts = torch.zeros(2, size, dtype=torch.float64, device=device)
@@ -223,4 +223,41 @@ def conditional_log_likelihoods(
         "joint_given_subset": joint_given_subset,
         "conditional": conditional,
         "conditional_by_size": mean_by_size(conditional),
+        **({"subsets": enumeration} if enumeration["sampled"] else {}),  # said only when not all are scored
     }
+
+
+#: Up to this many modalities every subset is scored (2**10 - 1 = 1,023); above it, a
+#: fixed, seeded sample of subsets of that size, since 2**M grows past any budget
+#: (20 modalities: 1,048,575 subsets).
+MAX_ENUMERATED_MODALITIES = 10
+_SUBSET_SEED = 0
+
+
+def likelihood_subsets(
+    names: list[str], device: torch.device | str | None = None
+) -> tuple[Tensor, list[str], dict]:
+    """The subsets the conditional likelihoods score: every non-empty subset for at most
+    :data:`MAX_ENUMERATED_MODALITIES` modalities; above that, the singletons, the full set
+    and distinct random subsets drawn with a fixed seed (the same for every run, so runs
+    stay comparable), ``2**MAX_ENUMERATED_MODALITIES - 1`` in all, ordered by size.
+
+    Returns:
+        ``(BoolTensor[S, M], keys, {"scored": S, "of": 2**M - 1, "sampled": bool, "seed": ...})``.
+    """
+    m = len(names)
+    total = 2**m - 1
+    if m <= MAX_ENUMERATED_MODALITIES:
+        table, keys = all_subsets(names, device=device)
+        return table, keys, {"scored": total, "of": total, "sampled": False}
+    budget = 2**MAX_ENUMERATED_MODALITIES - 1
+    generator = torch.Generator().manual_seed(_SUBSET_SEED)
+    chosen = {tuple(i == j for j in range(m)) for i in range(m)} | {(True,) * m}
+    while len(chosen) < budget:
+        size = int(torch.randint(2, m, (1,), generator=generator))  # sizes 2..M-1, uniformly
+        members = torch.randperm(m, generator=generator)[:size].tolist()
+        chosen.add(tuple(j in members for j in range(m)))
+    rows = sorted(chosen, key=lambda row: (sum(row), [not v for v in row]))
+    table = torch.tensor(rows, dtype=torch.bool, device=device)
+    keys = ["+".join(n for n, keep in zip(names, row) if keep) for row in rows]
+    return table, keys, {"scored": len(rows), "of": total, "sampled": True, "seed": _SUBSET_SEED}

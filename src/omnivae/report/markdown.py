@@ -58,6 +58,10 @@ def evaluation_markdown(results: Mapping, header: Mapping[str, object]) -> str:
                 f"Joint log p(X) with the joint posterior as proposal: {fmt(lik.get('joint'))}", ""]
         if "conditional_by_size" in lik:
             out.append(_by_size_table("Conditional log p(X_rest | x_S) by number of inputs:", lik["conditional_by_size"]))
+        subsets = lik.get("subsets") or {}
+        if subsets.get("sampled"):
+            out += ["", f"{subsets['of']:,} subsets are too many to score: {subsets['scored']:,} of them are "
+                    f"(every single modality, the full set and random subsets, seed {subsets.get('seed')})."]
         keys = list(lik.get("joint_given_subset", {}))
         rows = [[k, lik["joint_given_subset"].get(k), lik.get("conditional", {}).get(k)] for k in keys]
         out += ["", table(["subset S", "log p(X), proposal q(z|x_S)", "log p(X_rest | x_S)"], rows)]
