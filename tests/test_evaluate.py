@@ -229,3 +229,94 @@ def test_evaluate_reports_hmc_statistics_of_a_jnf_run_and_none_for_closed_form_m
 
     assert main(["evaluate", str(run), "--metrics", "coherence", "--no-figures", *EVAL]) == 0
     assert "sampler" not in json.loads((run / "eval.json").read_text())
+
+
+# -- protocols, progress and merging (issue 17) ---------------------------------------------
+def test_protocol_paper_resolves_to_the_published_settings_and_flags_override_it():
+    from omnivae.cli import _eval_options, build_parser
+    from omnivae.evaluate import ALL, PROTOCOLS
+
+    def resolved(*argv):
+        args = build_parser().parse_args(["evaluate", "RUN", *argv])
+        options = _eval_options(args, args.metrics)
+        return options, options.resolved()
+
+    options, paper = resolved("--protocol", "paper")
+    assert (paper.num_importance_samples, paper.num_test, paper.likelihood_num_test, paper.num_train) == (
+        1000, ALL, ALL, ALL)
+    assert (paper.classifier_epochs, paper.joint_coherence_samples) == (30, 10000)
+    assert options.overrides() == []
+    _, fast = resolved()
+    assert fast.protocol == "fast" and fast.num_importance_samples == PROTOCOLS["fast"]["num_importance_samples"]
+    assert fast.num_importance_samples <= 50 and fast.num_train != ALL and fast.likelihood_num_test != ALL
+    # One flag changes one setting and is recorded as a change from the protocol.
+    options, changed = resolved("--protocol", "paper", "--num-importance-samples", "50", "--num-train", "all")
+    assert changed.num_importance_samples == 50 and changed.num_train == ALL and changed.classifier_epochs == 30
+    assert options.overrides() == ["num_importance_samples"]
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--protocol", "quick"], ["--protocol", "'quick'"]),
+    (["--num-test", "0"], ["--num-test", ">= 1"]),
+    (["--num-train", "some"], ["--num-train", "'some'"]),
+    (["--joint-coherence-samples", "0"], ["--joint-coherence-samples", ">= 1"]),
+])
+def test_evaluate_protocol_option_errors(argv, expected, run, capsys):
+    assert main(["evaluate", str(run), "--device", "cpu", *argv]) == 2
+    line = one_error_line(capsys)
+    for text in expected:
+        assert text in line, line
+    assert not (run / "eval.json").exists()
+
+
+def test_progress_bars_go_to_stderr_unless_no_progress(run, capsys):
+    argv = ["evaluate", str(run), "--metrics", "recon,probe,likelihood", "--no-figures", *EVAL]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    for bar in ("recon", "probe", "likelihood (subsets, K=3)", "likelihood (joint, K=3)"):
+        assert bar in captured.err, captured.err
+    assert "100%" in captured.err and "|" not in captured.out
+    assert main([*argv, "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == ""
+    assert "eval.json" in captured.out
+
+
+def test_a_second_evaluation_merges_into_the_first(run, capsys):
+    assert main(["evaluate", str(run), "--metrics", "coherence,recon", "--no-figures", *EVAL, "--no-progress"]) == 0
+    first = json.loads((run / "eval.json").read_text())
+    assert first["metrics"] == ["coherence", "recon"]
+    assert main(["evaluate", str(run), "--metrics", "probe", "--no-figures", *EVAL, "--no-progress",
+                 "--num-train", "20"]) == 0
+    second = json.loads((run / "eval.json").read_text())
+    assert second["metrics"] == ["coherence", "probe", "recon"]
+    for kept in ("coherence", "recon", "classifiers"):
+        assert second[kept] == first[kept]
+        assert kept == "classifiers" or second["settings"][kept] == first["settings"][kept]
+    settings = second["settings"]["probe"]
+    assert settings["protocol"] == "fast" and settings["overrides"] == ["num_train"]
+    assert settings["num_train"] == 20 and settings["train_rows"] == 20 and settings["test_rows"] == second["run"]["test samples"]
+    assert settings["computed_at"].endswith("+00:00") and settings["seconds"] == second["seconds"]["probe"]
+    report = (run / "report.md").read_text()
+    for section in ("## Coherence", "## Latent linear probe", "## Reconstruction", "How each metric was computed"):
+        assert section in report
+    # Recomputing a metric replaces only its own entry.
+    assert main(["evaluate", str(run), "--metrics", "recon", "--no-figures", *EVAL, "--no-progress",
+                 "--num-test", "5"]) == 0
+    third = json.loads((run / "eval.json").read_text())
+    assert third["settings"]["recon"]["test_rows"] == 5 and third["recon"] != second["recon"]
+    for kept in ("coherence", "probe"):
+        assert third[kept] == second[kept] and third["settings"][kept] == second["settings"][kept]
+
+
+def test_results_of_an_earlier_model_state_are_not_merged():
+    from omnivae.evaluate import merge_results
+
+    earlier = {"metrics": ["probe"], "probe": {"by_size": {"1": 0.5}}, "settings": {"probe": {"seed": 0}},
+               "seconds": {"probe": 1.0}, "run": {"model sha256": "old"}}
+    new = {"recon": {"self": {}}, "settings": {"recon": {"seed": 0}}, "seconds": {"recon": 2.0},
+           "run": {"model sha256": "new"}}
+    assert merge_results(earlier, new, ["recon"])["metrics"] == ["recon"]
+    same = merge_results(earlier, {**new, "run": {"model sha256": "old"}}, ["recon"])
+    assert same["metrics"] == ["probe", "recon"] and same["seconds"] == {"probe": 1.0, "recon": 2.0}
+    assert same["probe"] == earlier["probe"]

@@ -20,6 +20,7 @@ from helpers import NAMES, tiny_config, tiny_dataset, tiny_splits
 from omnivae.aggregators import MixtureOfExperts, ProductOfExperts, WassersteinBarycenter
 from omnivae.data.base import ModalitySpec, MultimodalDataset
 from omnivae.errors import DataError
+from omnivae.functional import subset_matrix
 from omnivae.metrics.likelihood import conditional_log_likelihoods, joint_log_likelihood
 from omnivae.metrics.probe import linear_probe
 from omnivae.metrics.reconstruction import reconstruction_error
@@ -325,3 +326,90 @@ def test_probe_on_multilabel_data_scores_mean_average_precision():
     assert all(score > 0.99 for score in out["per_subset"].values())
     noise = linear_probe(model, multilabelled(120, 0, False), multilabelled(400, 1, False), batch_size=64)
     assert all(0.3 < score < 0.7 for score in noise["per_subset"].values())  # AP of chance = positive rate
+
+
+# -- chunking: the same draws give the same estimate, whatever the chunk size ------------------
+class _Drawn(Distribution):
+    """A proposal that hands out pre-drawn samples in order, whatever sample shapes are asked
+    for, and scores them with the wrapped distribution: chunked and unchunked estimates
+    then see exactly the same draws."""
+
+    arg_constraints: dict = {}
+
+    def __init__(self, dist: Distribution, bank: Tensor) -> None:
+        self.dist, self.bank, self.used = dist, bank, 0
+        super().__init__(dist.batch_shape, dist.event_shape, validate_args=False)
+
+    def sample(self, sample_shape=torch.Size()) -> Tensor:
+        count = sample_shape[0]
+        out = self.bank[self.used : self.used + count]
+        self.used += count
+        return out
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return self.dist.log_prob(value)
+
+
+def _brute_force(model, x: dict[str, Tensor], include: Tensor, bank: Tensor, log_ratio: Tensor | None = None) -> Tensor:
+    """Per row, log (1/K) sum_k exp(sum_{m in include} log p(x_m | z_k) + log_ratio_k), one
+    sample and one row at a time: ``include [M, B]``, ``bank [K, B, D]``, ``log_ratio [K, B]``."""
+    K, B = bank.shape[:2]
+    out = torch.empty(B, dtype=torch.float64)
+    for b in range(B):
+        logs = []
+        for k in range(K):
+            z = bank[k, b].unsqueeze(0)
+            total = sum(
+                model.decode(z, [name])[name].log_prob(x[name][b : b + 1]).squeeze()
+                for m, name in enumerate(model.names) if include[m, b]
+            )
+            logs.append(total + (0.0 if log_ratio is None else log_ratio[k, b]))
+        out[b] = torch.logsumexp(torch.stack(logs), 0) - math.log(K)
+    return out
+
+
+def test_likelihoods_chunked_equal_unchunked_and_a_per_sample_loop(monkeypatch):
+    torch.manual_seed(0)
+    model, _ = build_model(tiny_config("mwb"), tiny_dataset(4).modalities)
+    model = model.double().eval()
+    data = tiny_dataset(5, seed=3)
+    K = 7
+    x = {k: v.double() for k, v in data.batch(torch.arange(len(data))).x.items()}
+    observed = torch.ones(len(model.names), len(data), dtype=torch.bool)
+    joint_q = model.joint_posterior(x, observed)
+    joint_bank = joint_q.sample(torch.Size([K]))  # [K, B, D]
+    subsets = subset_matrix(len(model.names))
+    subset_q = model.subset_posteriors(x, subsets)
+    subset_bank = subset_q.sample(torch.Size([K]))  # [K, S, B, D]
+
+    def estimates(chunk: int) -> tuple[float, dict]:
+        joint_posterior, subset_posteriors = model.joint_posterior, model.subset_posteriors
+        monkeypatch.setattr(model, "joint_posterior", lambda *a: _Drawn(joint_posterior(*a), joint_bank))
+        monkeypatch.setattr(model, "subset_posteriors", lambda *a: _Drawn(subset_posteriors(*a), subset_bank))
+        joint = joint_log_likelihood(model, data, num_samples=K, batch_size=len(data), chunk=chunk)
+        out = conditional_log_likelihoods(model, data, num_samples=K, batch_size=len(data), chunk=chunk)
+        monkeypatch.undo()
+        return joint, out
+
+    whole_joint, whole = estimates(K)
+    for chunk in (1, 3):
+        joint, out = estimates(chunk)
+        assert joint == pytest.approx(whole_joint, rel=1e-12)
+        for kind in ("joint_given_subset", "conditional"):
+            assert out[kind].keys() == whole[kind].keys()
+            for key, value in whole[kind].items():
+                assert out[kind][key] == pytest.approx(value, rel=1e-12)
+
+    prior = model.prior()
+    with torch.no_grad():
+        ratio = prior.log_prob(joint_bank) - joint_q.log_prob(joint_bank)
+        assert whole_joint == pytest.approx(_brute_force(model, x, observed, joint_bank, ratio).mean().item(), rel=1e-9)
+        ratios = prior.log_prob(subset_bank) - subset_q.log_prob(subset_bank)  # [K, S, B]
+        keys = ["+".join(n for n, keep in zip(model.names, row) if keep) for row in subsets.tolist()]
+        for s, key in enumerate(keys):
+            expected = _brute_force(model, x, observed, subset_bank[:, s], ratios[:, s]).mean().item()
+            assert whole["joint_given_subset"][key] == pytest.approx(expected, rel=1e-9)
+            if key != keys[-1]:
+                rest = ~subsets[s].unsqueeze(-1).expand_as(observed)
+                expected = _brute_force(model, x, rest, subset_bank[:, s]).mean().item()
+                assert whole["conditional"][key] == pytest.approx(expected, rel=1e-9)

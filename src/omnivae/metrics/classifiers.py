@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from tqdm.auto import tqdm
 
 from omnivae.data.base import ModalitySpec, MultimodalDataset
 from omnivae.data.cache import cache_dir
-from omnivae.fileio import atomic_write, sha256_file
+from omnivae.fileio import atomic_write, finite_or_none, sha256_file
 from omnivae.metrics.common import evaluating, seeded
 from omnivae.metrics.common import require_labels
 
@@ -273,7 +274,8 @@ def train_classifiers(
         for net in models.values():
             net.train()
         steps = epochs * train.num_batches(batch_size)
-        bar = tqdm(total=steps, desc="training classifiers", disable=not progress, leave=False, dynamic_ncols=True)
+        bar = tqdm(total=steps, desc=f"coherence classifiers ({epochs} epochs, trained once)", unit="step",
+                   disable=not progress, file=sys.stderr, leave=True, dynamic_ncols=True)
         for _ in range(epochs):
             for batch in train.batches(batch_size, shuffle=True, generator=generator):
                 batch = batch.to(device)
@@ -409,7 +411,7 @@ def _save(folder: Path, classifiers: ModalityClassifiers, key: str) -> None:
         "test_accuracy": classifiers.test_accuracy,
         "weights_sha256": sha256_file(folder / _WEIGHTS),
     }
-    atomic_write(folder / _META, lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8"))
+    atomic_write(folder / _META, lambda tmp: tmp.write_text(json.dumps(finite_or_none(meta), indent=2, allow_nan=False) + "\n", encoding="utf-8"))
 
 
 def _load(folder: Path, key: str, modalities: tuple[ModalitySpec, ...]) -> ModalityClassifiers:

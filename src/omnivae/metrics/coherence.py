@@ -24,7 +24,15 @@ from omnivae.metrics.classifiers import (
     balanced_accuracy,
     mean_average_precision,
 )
-from omnivae.metrics.common import all_subsets, eval_batches, evaluating, mean_by_size, require_labels, seeded
+from omnivae.metrics.common import (
+    all_subsets,
+    eval_batches,
+    evaluating,
+    mean_by_size,
+    progress_bar,
+    require_labels,
+    seeded,
+)
 from omnivae.models import MultimodalVAE
 
 __all__ = ["conditional_coherence", "joint_coherence", "subset_targets", "conditioned_rows"]
@@ -65,6 +73,7 @@ def conditional_coherence(
     device: torch.device | str = "cpu",
     seed: int = 0,
     multilabel: bool | None = None,
+    progress: bool = False,
 ) -> dict:
     """Conditional coherence of every subset towards every target modality.
 
@@ -85,6 +94,7 @@ def conditional_coherence(
         seed: Seeds the posterior samples.
         multilabel: Score by mean average precision over binary labels; by default
             ``classifiers.multilabel``.
+        progress: Show a progress bar (batches, with ETA) on stderr.
 
     Returns:
         ``{"per_subset": {"m0+m1": {"m2": score, ...}, ...}, "per_subset_mean": {"m0+m1":
@@ -105,7 +115,8 @@ def conditional_coherence(
     targets = subset_targets(subsets, include_self)
     outputs: list[list[Tensor]] = [[] for _ in names]  # per target: [S_t, B(, L)] per batch
     valid_parts: list[Tensor] = []
-    with seeded(seed, device), evaluating(model):
+    bar = progress_bar(data.num_batches(batch_size), "coherence (conditional)", progress)
+    with seeded(seed, device), evaluating(model), bar:
         for batch in eval_batches(data, batch_size, device):
             observed = model.stack_mask(batch.x, batch.mask)
             valid_parts.append(conditioned_rows(subsets, observed))
@@ -117,6 +128,7 @@ def conditional_coherence(
                 flat = generated.reshape(-1, *generated.shape[2:])
                 out = classifiers.scores(name, flat) if multilabel else classifiers.predict(name, flat)
                 outputs[m].append(out.reshape(*generated.shape[:2], *out.shape[1:]))
+            bar.update()
     valid = torch.cat(valid_parts, 1)  # [S, N]
 
     per_subset: dict[str, dict[str, float]] = {}
@@ -146,6 +158,7 @@ def joint_coherence(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     seed: int = 0,
+    progress: bool = False,
 ) -> float:
     """The fraction of prior samples whose decoded modalities all get the same class.
 
@@ -160,13 +173,15 @@ def joint_coherence(
         batch_size: Samples decoded per call.
         device: Where to compute.
         seed: Seeds the prior samples.
+        progress: Show a progress bar (batches, with ETA) on stderr.
 
     References:
         Shi et al., NeurIPS 2019, Sec. 4 (joint coherence); Sutter et al., ICLR 2021, Sec. 4
         (random generation coherence).
     """
     agree = torch.zeros((), dtype=torch.long, device=device)
-    with seeded(seed, device), evaluating(model):
+    bar = progress_bar(-(-num_samples // batch_size), "coherence (joint)", progress)
+    with seeded(seed, device), evaluating(model), bar:
         for begin in range(0, num_samples, batch_size):
             count = min(batch_size, num_samples - begin)
             z = model.prior().sample(torch.Size([count])).to(device)
@@ -174,4 +189,5 @@ def joint_coherence(
             preds = torch.stack([classifiers.predict(name, generated[name]).to(device) for name in model.names])
             same = (preds == preds[:1]).reshape(preds.shape[0], count, -1).all(-1).all(0)
             agree += same.sum()
+            bar.update()
     return float(agree) / max(num_samples, 1)

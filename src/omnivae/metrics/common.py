@@ -7,12 +7,14 @@ subset are averaged by subset size as in Fig. 3 of Qiu et al. (2025).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
+from tqdm.auto import tqdm
 
 from omnivae.data.base import Batch, MultimodalDataset
 from omnivae.errors import DataError
@@ -28,6 +30,7 @@ __all__ = [
     "evaluating",
     "model_inputs",
     "subset_inference",
+    "progress_bar",
 ]
 
 
@@ -117,3 +120,13 @@ def subset_inference(model, batch: Batch, subsets: Tensor) -> tuple[Distribution
     posterior = model.subset_posteriors(x, subsets, torch.ones_like(observed))
     missing_member = subsets.t().unsqueeze(-1) & ~observed.unsqueeze(1)  # [M, S, B]
     return posterior, ~missing_member.any(0), observed, x
+
+
+def progress_bar(total: int, desc: str, enabled: bool = False, unit: str = "batch") -> tqdm:
+    """A progress bar with rate and ETA on stderr, for one metric (a no-op when disabled).
+
+    Bars stay on screen once done, so the finished metrics and their times remain visible
+    above the running one; stdout is left for results.
+    """
+    return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr,
+                leave=True, dynamic_ncols=True)

@@ -29,7 +29,7 @@ from omnivae.functional import psd_sqrt
 from omnivae.metrics.classifiers import ModalityClassifiers
 from omnivae.metrics.common import evaluating, seeded
 from omnivae.metrics.coherence import conditioned_rows, subset_targets
-from omnivae.metrics.common import all_subsets, eval_batches, mean_by_size
+from omnivae.metrics.common import all_subsets, eval_batches, mean_by_size, progress_bar
 from omnivae.models import MultimodalVAE
 
 __all__ = ["frechet_distance", "RunningMoments", "generation_frechet", "load_inception_features"]
@@ -142,6 +142,7 @@ def generation_frechet(
     seed: int = 0,
     feature_fn: FeatureFn | None = None,
     targets: Sequence[str] | None = None,
+    progress: bool = False,
 ) -> dict:
     """Frechet distances between the test set and unconditional or conditional samples.
 
@@ -166,6 +167,7 @@ def generation_frechet(
             classifier features, e.g. ``lambda name, x: inception(x)`` with
             :func:`load_inception_features`.
         targets: Target modalities to score (all by default).
+        progress: Show a progress bar (batches, with ETA) on stderr.
 
     Returns:
         ``{"unconditional": {target: fd}, "conditional": {"m0+m1": {"m2": fd}},
@@ -197,7 +199,8 @@ def generation_frechet(
         out = feature_fn(name, samples.reshape(-1, *samples.shape[len(lead) :]))
         return out.reshape(*lead, out.shape[-1])
 
-    with seeded(seed, device), evaluating(model):
+    bar = progress_bar(data.num_batches(batch_size), "fd", progress)
+    with seeded(seed, device), evaluating(model), bar:
         for batch in eval_batches(data, batch_size, device):
             observed = model.stack_mask(batch.x, batch.mask)
             valid = conditioned_rows(subsets, observed)
@@ -213,6 +216,7 @@ def generation_frechet(
                     rows = generators[m]
                     generated = model.decode_mean(z[rows], [name])[name]
                     conditional[name].update(features(name, generated), valid[rows])
+            bar.update()
 
     result: dict = {"unconditional": {}, "conditional": {}}
     for name in chosen:

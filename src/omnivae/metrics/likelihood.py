@@ -42,6 +42,7 @@ from omnivae.metrics.common import (
     evaluating,
     mean_by_size,
     model_inputs,
+    progress_bar,
     seeded,
     subset_inference,
 )
@@ -85,6 +86,7 @@ def joint_log_likelihood(
     chunk: int = 100,
     device: torch.device | str = "cpu",
     seed: int | None = None,
+    progress: bool = False,
 ) -> float:
     """Importance-sampled log p(X) with the model's joint posterior as proposal.
 
@@ -103,6 +105,7 @@ def joint_log_likelihood(
         chunk: Samples per decoder call; memory grows with ``chunk * batch_size``.
         device: Where batches are sent.
         seed: Seed for the draws (the global random state is left untouched); None uses it.
+        progress: Show a progress bar (sample chunks, with ETA) on stderr.
 
     Returns:
         The mean over test points of the estimate, in nats.
@@ -114,7 +117,9 @@ def joint_log_likelihood(
     _check_sizes(num_samples, batch_size, chunk)
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
-    with torch.no_grad(), evaluating(model), seeded(seed, device):
+    steps = data.num_batches(batch_size) * len(_chunks(num_samples, chunk))
+    bar = progress_bar(steps, f"likelihood (joint, K={num_samples})", progress, unit="chunk")
+    with torch.no_grad(), evaluating(model), seeded(seed, device), bar:
         prior = model.prior()
         for batch in eval_batches(data, batch_size, device):
             x = model_inputs(model, batch)
@@ -127,6 +132,7 @@ def joint_log_likelihood(
                 log_px = torch.where(observed.unsqueeze(1), terms, terms.new_zeros(())).sum(0)
                 log_w = log_px + prior.log_prob(z) - posterior.log_prob(z)
                 parts.append(torch.logsumexp(log_w, 0))
+                bar.update()
             estimate = torch.logsumexp(torch.stack(parts), 0) - math.log(num_samples)
             rows = observed.any(0)
             total += torch.where(rows, estimate, estimate.new_zeros(())).sum().double()
@@ -143,6 +149,7 @@ def conditional_log_likelihoods(
     chunk: int = 100,
     device: torch.device | str = "cpu",
     seed: int | None = None,
+    progress: bool = False,
 ) -> dict:
     """Importance-sampled likelihoods with each subset's inference posterior as proposal.
 
@@ -181,6 +188,7 @@ def conditional_log_likelihoods(
         chunk: Samples per decoder call.
         device: Where batches are sent.
         seed: Seed for the draws (the global random state is left untouched); None uses it.
+        progress: Show a progress bar (sample chunks, with ETA) on stderr.
 
     Returns:
         ``{"joint_given_subset": {"m0": v, ..., "m0+m1": v}, "conditional": {"m0": v, ...},
@@ -196,7 +204,9 @@ def conditional_log_likelihoods(
     size = subsets.shape[0]
     sums = torch.zeros(2, size, dtype=torch.float64, device=device)  # joint, conditional
     counts = torch.zeros(2, size, dtype=torch.float64, device=device)
-    with torch.no_grad(), evaluating(model), seeded(seed, device):
+    steps = data.num_batches(batch_size) * len(_chunks(num_samples, chunk))
+    bar = progress_bar(steps, f"likelihood (subsets, K={num_samples})", progress, unit="chunk")
+    with torch.no_grad(), evaluating(model), seeded(seed, device), bar:
         prior = model.prior()
         for batch in eval_batches(data, batch_size, device):
             posterior, valid, observed, x = subset_inference(model, batch, subsets)
@@ -210,6 +220,7 @@ def conditional_log_likelihoods(
                 log_rest = torch.where(targets.unsqueeze(1), terms, zero).sum(0)
                 log_w = log_px + prior.log_prob(z) - posterior.log_prob(z)
                 parts.append(torch.stack([log_w, log_rest]).logsumexp(1))  # [2, S, B]
+                bar.update()
             estimates = torch.logsumexp(torch.stack(parts), 0) - math.log(num_samples)  # joint, conditional
             rows = torch.stack([valid, valid & targets.any(0)])
             sums += torch.where(rows, estimates, estimates.new_zeros(())).sum(-1).double()

@@ -32,6 +32,7 @@ from omnivae.metrics.common import (
     eval_batches,
     evaluating,
     mean_by_size,
+    progress_bar,
     require_labels,
     subset_inference,
 )
@@ -42,7 +43,12 @@ __all__ = ["linear_probe"]
 
 # -- the probe ----------------------------------------------------------------------------
 def _subset_means(
-    model: MultimodalVAE, data: MultimodalDataset, subsets: Tensor, batch_size: int, device: torch.device | str
+    model: MultimodalVAE,
+    data: MultimodalDataset,
+    subsets: Tensor,
+    batch_size: int,
+    device: torch.device | str,
+    bar=None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Posterior means ``[S, N, D]`` of every subset and their validity ``[S, N]``."""
     means, valid = [], []
@@ -50,6 +56,8 @@ def _subset_means(
         posterior, ok, _, _ = subset_inference(model, batch, subsets)
         means.append(posterior.mean)
         valid.append(ok)
+        if bar is not None:
+            bar.update()
     return torch.cat(means, 1).cpu().numpy(), torch.cat(valid, 1).cpu().numpy()
 
 
@@ -63,6 +71,7 @@ def linear_probe(
     device: torch.device | str = "cpu",
     seed: int = 0,
     max_iter: int = 1000,
+    progress: bool = False,
 ) -> dict:
     """Test accuracy of a logistic regression on the posterior mean of every subset.
 
@@ -84,6 +93,7 @@ def linear_probe(
         device: Where batches are sent.
         seed: Seed of the training-row draw and of the classifier.
         max_iter: Iterations of the lbfgs solver (MoPoE: 1000).
+        progress: Show a progress bar (encoder batches, then one step per subset's fit) on stderr.
 
     Returns:
         ``{"per_subset": {"m0": acc, "m0+m1": acc, ...}, "by_size": {"1": acc, ...}}``
@@ -109,33 +119,56 @@ def linear_probe(
     train_labels = require_labels(train, "probe").cpu().numpy()
 
     subsets, keys = all_subsets(model.names, device=model.device)
-    with torch.no_grad(), evaluating(model):
-        train_means, train_valid = _subset_means(model, train, subsets, batch_size, device)
-        test_means, test_valid = _subset_means(model, test, subsets, batch_size, device)
+    steps = train.num_batches(batch_size) + test.num_batches(batch_size) + len(keys)
+    with progress_bar(steps, "probe", progress, unit="step") as bar:
+        with torch.no_grad(), evaluating(model):
+            train_means, train_valid = _subset_means(model, train, subsets, batch_size, device, bar)
+            test_means, test_valid = _subset_means(model, test, subsets, batch_size, device, bar)
+        per_subset = _fit_probes(
+            keys, train_means, train_valid, train_labels, test_means, test_valid, test_labels, max_iter, seed, bar
+        )
+    return {"per_subset": per_subset, "by_size": mean_by_size(per_subset)}
 
-    multilabel = train_labels.ndim == 2
+
+def _fit_probes(
+    keys: list[str],
+    train_means: np.ndarray,
+    train_valid: np.ndarray,
+    train_labels: np.ndarray,
+    test_means: np.ndarray,
+    test_valid: np.ndarray,
+    test_labels: np.ndarray,
+    max_iter: int,
+    seed: int,
+    bar,
+) -> dict[str, float]:
+    """One standardised logistic regression per subset, scored on the test rows."""
     per_subset: dict[str, float] = {}
     for index, key in enumerate(keys):
-        fit_rows, score_rows = train_valid[index], test_valid[index]
-        if not score_rows.any():
-            continue
-        features = train_means[index][fit_rows]
-        if multilabel:
-            per_subset[key] = _multilabel_probe(
-                features, train_labels[fit_rows], test_means[index][score_rows], test_labels[score_rows], max_iter, seed
-            )
-            continue
-        targets = train_labels[fit_rows]
-        if np.unique(targets).size < 2:
-            raise DataError(
-                f"the probe of subset {key!r} has {targets.size} training rows with fewer than two "
-                "classes; use more training rows (num_train) or a split with several classes"
-            )
-        classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed))
-        classifier.fit(features, targets)
-        predicted = classifier.predict(test_means[index][score_rows])
-        per_subset[key] = float(np.mean(predicted == test_labels[score_rows]))
-    return {"per_subset": per_subset, "by_size": mean_by_size(per_subset)}
+        score = _fit_one(key, train_means[index][train_valid[index]], train_labels[train_valid[index]],
+                         test_means[index][test_valid[index]], test_labels[test_valid[index]], max_iter, seed)
+        if score is not None:
+            per_subset[key] = score
+        bar.update()
+    return per_subset
+
+
+def _fit_one(
+    key: str, train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray, max_iter: int, seed: int
+) -> float | None:
+    """The probe of one subset; None when it has no test row."""
+    if test_x.shape[0] == 0:
+        return None
+    if train_y.ndim == 2:
+        return _multilabel_probe(train_x, train_y, test_x, test_y, max_iter, seed)
+    if np.unique(train_y).size < 2:
+        raise DataError(
+            f"the probe of subset {key!r} has {train_y.size} training rows with fewer than two "
+            "classes; use more training rows (num_train) or a split with several classes"
+        )
+    classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter, random_state=seed))
+    classifier.fit(train_x, train_y)
+    return float(np.mean(classifier.predict(test_x) == test_y))
 
 
 def _multilabel_probe(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from omnivae.data.base import MultimodalDataset
-from omnivae.metrics.common import eval_batches, evaluating, subset_inference
+from omnivae.metrics.common import eval_batches, evaluating, progress_bar, subset_inference
 from omnivae.models import MultimodalVAE
 
 __all__ = ["reconstruction_error"]
@@ -28,6 +28,7 @@ def reconstruction_error(
     *,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
+    progress: bool = False,
 ) -> dict:
     """Mean squared error of x_m against the decoded posterior mean, per modality m.
 
@@ -48,6 +49,7 @@ def reconstruction_error(
         data: The split to reconstruct.
         batch_size: Rows per pass.
         device: Where batches are sent.
+        progress: Show a progress bar (batches, with ETA) on stderr.
 
     Returns:
         ``{"self": {m: mse}, "cross": {m: mse}, "joint": {m: mse}}``; ``"cross"`` is empty
@@ -69,7 +71,8 @@ def reconstruction_error(
 
     sums = torch.zeros(count, len(kinds), dtype=torch.float64, device=device)
     counts = torch.zeros(count, len(kinds), dtype=torch.float64, device=device)
-    with torch.no_grad(), evaluating(model):
+    bar = progress_bar(data.num_batches(batch_size), "recon", progress)
+    with torch.no_grad(), evaluating(model), bar:
         for batch in eval_batches(data, batch_size, device):
             posterior, valid, observed, x = subset_inference(model, batch, subsets)
             means = posterior.mean  # [S, B, D]
@@ -80,6 +83,7 @@ def reconstruction_error(
                 keep = valid[rows] & observed[index]
                 sums[index] += torch.where(keep, error, error.new_zeros(())).sum(-1).double()
                 counts[index] += keep.sum(-1)
+            bar.update()
     means_out = (sums / counts.clamp_min(1)).tolist()
     present = (counts > 0).tolist()
     result: dict[str, dict[str, float]] = {"self": {}, "cross": {}, "joint": {}}

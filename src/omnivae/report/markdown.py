@@ -85,10 +85,32 @@ def evaluation_markdown(results: Mapping, header: Mapping[str, object]) -> str:
                     f"leapfrog, step size {fmt(any_stats.get('step_size'), 4)}")
         out += ["", f"## HMC for subset posteriors (Eq. 12; {settings})", "",
                 table(["metric", "acceptance rate", "chain-steps", "seconds", "chain-steps / s"], rows)]
+    if results.get("settings"):
+        out += ["", "## How each metric was computed", "", _settings_table(results["settings"])]
+        if any(entry.get("protocol") == "fast" for entry in results["settings"].values()):
+            out += ["", "`fast` keeps each metric's definition with smaller samples than the papers (noisier "
+                    "numbers, and a looser likelihood bound); `omnivae evaluate RUN --protocol paper` computes "
+                    "the published protocols."]
     figures = results.get("figures", [])
     if figures:
         out += ["", "## Figures", ""] + [f"![{f}]({f})" for f in figures]
     return "\n".join(out) + "\n"
+
+
+_BOOKKEEPING = ("protocol", "overrides", "test_rows", "seed", "seconds", "computed_at")
+
+
+def _settings_table(settings: Mapping[str, Mapping]) -> str:
+    """One row per metric: protocol (and what was changed from it), rows, settings, date, time."""
+    rows = []
+    for metric, entry in settings.items():
+        protocol = str(entry.get("protocol", "-"))
+        if entry.get("overrides"):
+            protocol += f" (changed: {', '.join(entry['overrides'])})"
+        detail = ", ".join(f"{k}={v}" for k, v in entry.items() if k not in _BOOKKEEPING)
+        rows.append([metric, protocol, entry.get("test_rows"), detail or "-", entry.get("computed_at"),
+                     entry.get("seconds")])
+    return table(["metric", "protocol", "test rows", "settings", "computed (UTC)", "seconds"], rows)
 
 
 def benchmark_markdown(summary: Mapping[str, Mapping[str, tuple[float, float]]], header: Mapping[str, object]) -> str:
