@@ -25,8 +25,6 @@ from omnivae.train.trainer import TrainingInterrupted
 
 DEFAULT_MODEL = "mwb"
 DEFAULT_DATASET = "polymnist"
-#: What ``omnivae train`` learns without flags; README "The default run" says why not PolyMNIST.
-DEFAULT_TRAIN_DATASET = "mnist-text"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,17 +57,17 @@ def _finite_float(text: str) -> float:
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
-        help="train a model (default: mwb on mnist-text)",
+        help="train a model (default: mwb on polymnist)",
         description="Train a multimodal VAE and write a run directory.",
     )
     p.add_argument("--model", help=f"registered model name (default {DEFAULT_MODEL}; see 'omnivae models')")
-    p.add_argument("--dataset", help=f"dataset name, npz:FILE, csv:DIR or hdf5:FILE (default {DEFAULT_TRAIN_DATASET}; see 'omnivae datasets')")
+    p.add_argument("--dataset", help=f"dataset name, npz:FILE, csv:DIR or hdf5:FILE (default {DEFAULT_DATASET}; see 'omnivae datasets')")
     p.add_argument("--data-dir", help="folder with a dataset's real files, where it needs them")
     p.add_argument("--aggregator", help="swap the model's aggregation: poe, moe, mopoe, wb, mwb")
     p.add_argument("--epochs", type=int, help="training epochs (default 10)")
     p.add_argument("--latent-dim", type=int, help="latent size (default 32)")
     p.add_argument("--beta", type=_finite_float, help="weight of the KL term (default 1)")
-    p.add_argument("--batch-size", type=int, help="batch size (default 64)")
+    p.add_argument("--batch-size", type=int, help="batch size (default 256)")
     p.add_argument("--lr", type=_finite_float, help="Adam learning rate (default 1e-3)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     p.add_argument("--device", help="auto, cpu or cuda (default auto)")
@@ -95,10 +93,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="JSON file of defaults for these options (flags override it)")
     p.add_argument("--out", help="run directory (default runs/MODEL-DATASET-TIME)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted or finished run (add --epochs to extend)")
-    p.add_argument("--overwrite", action="store_true", default=None,
-                   help="replace the omnivae run already in --out (never a folder that is not a run, nor one in training)")
-    p.add_argument("--allow-data-change", action="store_true", default=None,
-                   help="with --resume: continue even though the training data differ from the run's")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_train)
 
@@ -124,8 +118,8 @@ def _add_impute(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="where to write every modality, filled, in the input's format (a folder, .h5/.hdf5 or .npz)",
     )
-    p.add_argument("--batch-size", type=int, default=512, help="rows imputed at once (default 512)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--device", default="auto")
     p.add_argument("--force", action="store_true", help="replace an existing --output (never done without it)")
     p.set_defaults(handler=cmd_impute)
 
@@ -213,7 +207,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="samples.png", help="PNG file to write (default samples.png)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the test rows drawn (stratified across classes) and of the samples (default 0)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--device", default="auto")
     p.add_argument("--data-dir", help="folder with the dataset's real files, where it needs them")
     p.set_defaults(handler=cmd_sample)
 
@@ -226,29 +220,22 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
         "and write results.md, results.csv and figures/.",
     )
     p.add_argument("--models", default="poe,moe,mopoe,wb,mwb", help="comma-separated model names")
-    p.add_argument("--dataset", default=DEFAULT_DATASET,
-                   help=f"dataset name, npz:FILE, csv:DIR or hdf5:FILE (default {DEFAULT_DATASET}; see 'omnivae datasets')")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per model, 0 .. N-1 (default 3)")
+    p.add_argument("--dataset", default=DEFAULT_DATASET)
+    p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--betas", help="comma-separated betas: train every model once per beta (a sweep) and plot "
                    "probe and coherence against reconstruction error")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs of every run (default 10)")
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--out", required=True, help="benchmark folder")
     p.add_argument("--metrics", help="comma-separated: coherence,probe,likelihood,fd,recon (default all)")
-    p.add_argument("--latent-dim", type=int, help="latent size of every model (default 32)")
-    p.add_argument("--beta", type=_finite_float, help="weight of the KL term of every model (default 1)")
-    p.add_argument("--aggregator", help="swap every model's aggregation: poe, moe, mopoe, wb, mwb (default: each model's own)")
-    p.add_argument("--set", dest="set_options", action="append", metavar="KEY=VALUE",
-                   help="a method-specific option (repeatable), given to the models that have KEY; "
-                   "'omnivae models' lists them")
-    p.add_argument("--missing-rate", type=_finite_float,
-                   help="hide each modality at random with this probability during training (default 0)")
-    p.add_argument("--batch-size", type=int, help="training batch size (default 64)")
-    p.add_argument("--lr", type=_finite_float, help="Adam learning rate (default 1e-3)")
-    p.add_argument("--backbone", help="network family: auto, mlp, conv, resnet (default auto)")
-    p.add_argument("--hidden", help="MLP hidden widths, comma separated (default 512,512)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--data-dir", help="folder with the dataset's real files, where it needs them")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--latent-dim", type=int)
+    p.add_argument("--beta", type=_finite_float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=_finite_float)
+    p.add_argument("--backbone")
+    p.add_argument("--hidden")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--data-dir")
+    p.add_argument("--no-progress", action="store_true")
     _add_eval_options(p)
     p.set_defaults(handler=cmd_benchmark)
 
@@ -292,8 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     toy.add_argument("--out", default="jnf_toy.png", help="PNG to write (default jnf_toy.png)")
     toy.add_argument("--epochs", type=int, default=10, help="epochs of each stage (default 10)")
-    toy.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    toy.add_argument("--no-progress", action="store_true", help="no progress bars")
+    toy.add_argument("--seed", type=int, default=0)
+    toy.add_argument("--no-progress", action="store_true")
     toy.set_defaults(handler=cmd_jnf_toy)
     return parser
 
@@ -322,8 +309,6 @@ def _load_config_file(path: str | None) -> dict:
         raise UserError(f"--config {path} is nested too deeply; give a flat JSON object of option names to values") from None
     if not isinstance(obj, dict):
         raise UserError(f"--config {path} must hold a JSON object of option names to values")
-    if isinstance(obj.get("model"), dict):
-        obj = _run_config_options(path, obj)
     options = {k.replace("-", "_"): v for k, v in obj.items()}
     sets = options.get("set_options")
     if sets is not None and (not isinstance(sets, list) or not all(isinstance(item, str) for item in sets)):
@@ -334,18 +319,6 @@ def _load_config_file(path: str | None) -> dict:
     for key, value in options.items():
         _check_config_value(path, key, value)
     return options
-
-
-def _run_config_options(path: str, run_config: dict) -> dict:
-    """A run's own ``config.json`` as ``--config``: its model and training settings and its
-    dataset, so ``train --config RUN/config.json`` trains that run again (flags override)."""
-    model, training, dataset = (run_config.get(k) for k in ("model", "train", "dataset"))
-    if not (isinstance(model, dict) and isinstance(training, dict) and isinstance(dataset, dict)):
-        raise UserError(f"--config {path} looks like a run's config.json but lacks its 'model', 'train' or 'dataset' object")
-    if run_config.get("own_networks"):
-        raise UserError(f"--config {path}: that run was trained with networks of your own, which only Python can rebuild")
-    options = {**model, **training, "dataset": dataset.get("name"), "data_dir": dataset.get("data_dir")}
-    return {k: v for k, v in options.items() if v is not None}
 
 
 def _no_constant(name: str) -> float:
@@ -423,16 +396,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from omnivae.data import load_dataset
     from omnivae.models import MODELS, ModelConfig
     from omnivae.train import TrainConfig, check_run_dir, new_run_dir, train
-    from omnivae.train.run import check_writable_run
 
     options = _options(args)
     resume = options.pop("resume", None)
-    overwrite = bool(options.pop("overwrite", False))
-    allow_data_change = bool(options.pop("allow_data_change", False))
-    if allow_data_change and resume is None:
-        raise UserError("--allow-data-change only applies to --resume RUN")
     if resume is not None:
-        check_writable_run(Path(resume), resume=True, overwrite=overwrite)  # before the data are loaded
         saved = check_run_dir(Path(resume))
         fixed = sorted(set(options) - {"epochs", "device", "no_progress", "data_dir", "precision", "compile"})
         if fixed:
@@ -489,10 +456,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             train_config.progress = False
         if isinstance(train_config.epochs, int) and train_config.epochs < 1:
             raise UserError(f"--epochs must be >= 1 for a new run, got {train_config.epochs}")
-        dataset_name = _absolute_dataset(options.get("dataset", DEFAULT_TRAIN_DATASET))
+        dataset_name = _absolute_dataset(options.get("dataset", DEFAULT_DATASET))
         data_dir = options.get("data_dir")
         run_dir = Path(options["out"]) if "out" in options else new_run_dir(model_config.model, dataset_name)
-        check_writable_run(run_dir, resume=False, overwrite=overwrite)
         from omnivae.outputs import check_output_folder
 
         check_output_folder(run_dir, "--out")
@@ -510,8 +476,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         + ", ".join(f"{m.name}{list(m.shape)}" for m in data.modalities),
         flush=True,
     )
-    trainer = train(model_config, train_config, data, dataset_name, run_dir, resume=resume is not None, data_dir=data_dir,
-                    overwrite=overwrite, allow_data_change=allow_data_change)
+    trainer = train(model_config, train_config, data, dataset_name, run_dir, resume=resume is not None, data_dir=data_dir)
     _print_summary(trainer, run_dir)
     return 0
 
@@ -535,31 +500,6 @@ def _print_summary(trainer, run_dir: Path) -> None:
             values = [last.get(f"{split}_{t}") for t in terms]
             print(f"  {split:6}" + "".join(f"{v:>12.4g}" if v is not None else f"{'':>12}" for v in values))
     print(f"run written to {run_dir}")
-    print("next:")
-    for line in _next_commands(run_dir, list(trainer.model.names), trainer.run_config.get("dataset", {}).get("name", "")):
-        print(f"  {line}")
-
-
-def _next_commands(run_dir: Path, names: list[str], dataset_name: str) -> list[str]:
-    """The commands a user runs after training, with this run's path, ready to paste."""
-    import shlex
-
-    run = shlex.quote(str(run_dir))
-    given = names[0]
-    lines = [
-        f"omnivae evaluate {run}",
-        f"omnivae sample {run} --given {given} --out {shlex.quote(str(run_dir / f'samples_given_{given}.png'))}",
-    ]
-    prefix, _, path = dataset_name.partition(":")
-    if prefix in ("npz", "csv", "hdf5") and path:
-        suffix = {"npz": "filled.npz", "csv": "filled", "hdf5": "filled.h5"}[prefix]
-        lines.append(f"omnivae impute {run} --input {shlex.quote(path)} --output {shlex.quote(str(run_dir / suffix))}")
-    else:
-        lines.append(
-            f"omnivae impute {run} --input DATA.npz --output filled.npz"
-            f"    # DATA.npz: arrays {', '.join(names)}, missing rows masked by mask_<name>"
-        )
-    return lines
 
 
 # -- impute --------------------------------------------------------------------------------
@@ -739,11 +679,8 @@ def cmd_impute(args: argparse.Namespace) -> int:
 
     try:
         if table is not None:
-            observed = {
-                name: data.masks[name].numpy() if name in present else np.zeros(n, dtype=bool) for name in expected
-            }
-            write_filled_csv(table, values, run.modalities, output, observed=observed)
-            where = "every row filled; observed.csv marks the observed rows"
+            write_filled_csv(table, values, run.modalities, output)
+            where = "every row filled"
         else:
             arrays = _filled_arrays(raw, data, expected, values, str(source))
             if form == "hdf5":
@@ -849,15 +786,13 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if not models:
         raise UserError(f"--models {args.models!r} names no model; give comma-separated names such as poe,mwb (see 'omnivae models')")
     model_options = {}
-    for key in ("latent_dim", "beta", "backbone", "aggregator"):
+    for key in ("latent_dim", "beta", "backbone"):
         if getattr(args, key) is not None:
             model_options[key] = getattr(args, key)
     if args.hidden is not None:
         model_options["hidden"] = _parse_hidden(args.hidden)
-    if args.set_options:
-        model_options["options"] = dict(_parse_set(item) for item in args.set_options)
     train_options = {"epochs": args.epochs, "device": args.device, "progress": not args.no_progress}
-    for key in ("batch_size", "lr", "missing_rate"):
+    for key in ("batch_size", "lr"):
         if getattr(args, key) is not None:
             train_options[key] = getattr(args, key)
     betas = None
@@ -875,15 +810,8 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     if args.epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {args.epochs}")
-    from omnivae.benchmark import options_for
-    from omnivae.models import MODELS
-
     for name in models:
-        ModelConfig(**options_for(name, model_options)).validate()
-    unused = sorted(set(model_options.get("options", {})) - {k for m in models if m in MODELS for k in MODELS[m].options})
-    if unused:
-        raise UserError(f"--set {', '.join(unused)}: none of the models ({', '.join(models)}) has this option; "
-                        "'omnivae models' lists each model's options")
+        ModelConfig(**{**model_options, "model": name}).validate()
     TrainConfig(**train_options).validate()
     from omnivae.outputs import check_output_folder
 
