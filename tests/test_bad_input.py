@@ -719,6 +719,10 @@ API_CASES.extend([
     ApiCase("api-name-in-dataset", "MultimodalDataset with a modality named ../x",
             lambda c: MultimodalDataset((ModalitySpec("../x", (3,)),), {"../x": torch.zeros(4, 3)}), DataError,
             ("modality name '../x' is not allowed",)),
+    ApiCase("api-nan-option", "TrainConfig(warmup_epochs=nan)",
+            lambda c: TrainConfig(warmup_epochs=float("nan")).validate(), UserError, ("warmup_epochs", "finite", "nan")),
+    ApiCase("api-infinite-option", "TrainConfig(lr=inf)",
+            lambda c: TrainConfig(lr=float("inf")).validate(), UserError, ("lr", "finite", "inf")),
     ApiCase("api-label-beyond-classes", "dataset_from_arrays with a label of 10^12",
             lambda c: dataset_from_arrays(_arrays(labels=np.full(10, 10**12))), DataError, ("below 100000",)),
 ])
@@ -838,13 +842,18 @@ def full_disk(ctx: Ctx):
     _umount(target)
 
 
-@pytest.mark.parametrize("command", ["impute", "impute-csv", "sample"])
+@pytest.mark.parametrize("command", ["impute", "impute-csv", "impute-hdf5", "sample"])
 def test_a_full_disk_is_one_line_and_leaves_nothing(command: str, full_disk: Path, ctx: Ctx, capsys):
     if command == "impute-csv":
         csv_with({"vec.csv": "a,b,c,d,e,f\n" + "1,2,3,4,5,6\n" * 400})(ctx.tmp)
+    if command == "impute-hdf5":  # h5py reports ENOSPC with several lines of its own
+        hdf5_keyed("more")(ctx.tmp)
+        with __import__("h5py").File(ctx.tmp / "data.h5", "a") as handle:
+            del handle["more"]
     argv = {
         "impute": ("impute", "{run}", "--input", "{npz}", "--output", "{tmp}/full/filled.npz"),
         "impute-csv": ("impute", "{run}", "--input", "{tmp}/table", "--output", "{tmp}/full/filled"),
+        "impute-hdf5": ("impute", "{run}", "--input", "{tmp}/data.h5", "--output", "{tmp}/full/filled.h5"),
         "sample": (*SAMPLE, "--n", "32", "--out", "{tmp}/full/s.png"),
     }[command]
     line = run_cli_case(CliCase(f"{command}-full", "CLI", "", argv, ("cannot write", "No space left on device")), ctx, capsys)

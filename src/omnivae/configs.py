@@ -6,6 +6,7 @@ JSON can hold a string where a number belongs; these checks turn that into one c
 
 from __future__ import annotations
 
+import math
 from dataclasses import MISSING, fields
 from numbers import Integral, Real
 
@@ -49,3 +50,5 @@ def check_field_types(config: object) -> None:
         wanted = type_problem(value, default)
         if wanted is not None:
             raise UserError(f"{f.name} must be {wanted}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison
+            raise UserError(f"{f.name} must be a finite number, got {value!r}")

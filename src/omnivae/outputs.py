@@ -104,6 +104,7 @@ def write_failure(error: OSError, what: str) -> UserError:
         >>> str(write_failure(OSError(28, "No space left on device"), "out.npz"))
         'cannot write out.npz: No space left on device; nothing was written (free some space or write elsewhere)'
     """
-    reason = error.strerror or str(error)
+    # os.strerror, not the error's own text: h5py's spans several lines of C-level detail.
+    reason = os.strerror(error.errno) if error.errno else str(error).splitlines()[0]
     hint = _HINTS.get(error.errno or 0, "check the path")
     return UserError(f"cannot write {what}: {reason}; nothing was written ({hint})")
