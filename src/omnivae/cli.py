@@ -739,10 +739,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from omnivae.data import load_dataset
     from omnivae.evaluate import draw_samples
     from omnivae.report import sample_grid
-    from omnivae.train import load_run, resolve_device
-
     from omnivae.outputs import WRITE_ERRNOS, check_output_file, write_failure
     from omnivae.resources import check_sample_memory
+    from omnivae.train import load_run, resolve_device
 
     out = Path(args.out)
     if out.is_dir():
@@ -753,16 +752,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
     run = load_run(args.run, device=resolve_device(args.device))
-    check_sample_memory(run.modalities, args.n, "--n")
     given = [g.strip() for g in (args.given or "").split(",") if g.strip()]
     unknown = [g for g in given if g not in run.model.names]
     if unknown:
         raise UserError(f"--given {','.join(unknown)}: not a modality of this run; it has {', '.join(run.model.names)}")
     if given:
         data = load_dataset(run.dataset_name, data_dir=args.data_dir or run.data_dir)
+        check_sample_memory(run.modalities, min(args.n, len(data.test)), "--n")  # at most one per test row
         inputs, generated, observed, row_labels = draw_samples(run, data.test, given, args.n, args.seed)
         title = f"given {'+'.join(given)}: test examples across classes (seed {args.seed})"
     else:
+        check_sample_memory(run.modalities, args.n, "--n")
         torch.manual_seed(args.seed)
         inputs, generated = {}, {k: v.cpu() for k, v in run.model.generate(args.n).items()}
         observed, row_labels = None, None
