@@ -850,6 +850,9 @@ def cmd_jnf_toy(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise UserError(f"--out must name a .png file, got {args.out!r}")
+    from omnivae.outputs import check_output_file
+
+    check_output_file(out, "--out")  # before minutes of training
     results = run_jnf_toy(out, epochs=args.epochs, seed=args.seed, progress=not args.no_progress)
     for name, numbers in results.items():
         print(f"{name}: {100 * numbers['full circles']:.1f}% of the circles decoded from its samples are full "
