@@ -44,6 +44,16 @@ The catalogue, by where the mistake is made:
 - impute: modalities, shapes or dtypes that do not match the run, NaN in the input, a
   missing input, an output of the wrong format, batch size 0, an unknown device;
 - benchmark: an unknown model, a bad model setting, malformed ``--betas``;
+- issue 16: modality names that could be paths (absolute, ``a/b``, ``a.b``, ``..``, empty,
+  too long, equal after case-folding) in npz, CSV, HDF5 and the API; outputs under a file,
+  a folder where a file belongs, an existing ``impute --output`` without ``--force``, a
+  read-only folder (a tmpfs remounted read-only) and a full disk (a 16 KiB tmpfs, or
+  ``os.fsync`` raising ENOSPC); a closed pipe; non-finite options; ``--config`` of the
+  wrong shape or nested 100,000 deep; memory that cannot fit; npz headers claiming
+  terabytes, compressed npz/HDF5 inflating past the cap, zip members cut short; labels
+  beyond 100,000 classes or missing; values beyond float32; broken HDF5 links; and the
+  results that must never be silently wrong (observed values back exactly, subsets
+  sampled above 10 modalities, fewer samples than asked said);
 - API: the same mistakes through ``ModelConfig``, ``TrainConfig``, ``load_dataset``,
   ``build_aggregator``, ``EvalOptions``, ``dataset_from_arrays``, ``MultimodalDataset``,
   ``read_npz``, ``load_run``, ``evaluate_run``, ``MultimodalVAE.impute``,
