@@ -407,3 +407,127 @@ def test_poe_trains_with_its_papers_kl_warm_up_unless_told_otherwise(flags, expe
     argv = ["train", "--model", "poe", "--dataset", f"npz:{data_npz}", *TINY_FLAGS, "--device", "cpu", "--out", str(out)]
     assert main(argv + flags) == 0
     assert json.loads((out / "config.json").read_text())["train"]["warmup_epochs"] == expected
+
+
+# -- loose ends of issue 17 ---------------------------------------------------------------
+
+
+def _walk_actions(parser, prefix: str):
+    """Every (command, action) of ``parser`` and its subcommands, and each subcommand's own entry."""
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                yield f"{prefix} {choice.dest}", choice
+            for name, sub in action.choices.items():
+                yield from _walk_actions(sub, f"{prefix} {name}")
+        else:
+            yield prefix, action
+
+
+def test_every_option_of_every_command_has_a_description():
+    from omnivae.cli import build_parser
+
+    seen = list(_walk_actions(build_parser(), "omnivae"))
+    assert len({command for command, _ in seen}) >= 9  # the walk reaches the subcommands
+    bare = [f"{command} {'/'.join(action.option_strings) or action.dest}" for command, action in seen
+            if not (action.help or "").strip() or action.help == "==SUPPRESS=="]
+    assert bare == []
+
+
+@pytest.mark.parametrize("name, suggested", [
+    ("train.npz", "npz:train.npz"), ("data/x.h5", "hdf5:data/x.h5"), ("tables/vec.csv", "csv:tables"),
+])
+def test_a_data_file_without_its_prefix_gets_the_prefixed_form(name, suggested, tmp_path, capsys):
+    assert main(["train", "--dataset", name, "--out", str(tmp_path / "run")]) == 2
+    line = one_error_line(capsys)
+    assert line.endswith(suggested) and f"unknown dataset {name!r}" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_folder_without_csv_prefix_gets_csv_form(tmp_path, capsys):
+    (tmp_path / "tables").mkdir()
+    assert main(["train", "--dataset", str(tmp_path / "tables"), "--out", str(tmp_path / "run")]) == 2
+    assert one_error_line(capsys).endswith(f"csv:{tmp_path / 'tables'}")
+
+
+def test_a_runs_own_config_json_is_a_config_file(trained_run, data_npz, tmp_path, capsys):
+    out = tmp_path / "again"
+    assert main(["train", "--config", str(trained_run / "config.json"), "--seed", "3", "--out", str(out)]) == 0
+    first = json.loads((trained_run / "config.json").read_text())
+    second = json.loads((out / "config.json").read_text())
+    assert second["model"] == first["model"] and second["dataset"]["name"] == first["dataset"]["name"]
+    assert second["train"] == {**first["train"], "seed": 3}
+    # A wrong-shaped run config is one line, not a traceback.
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({**first, "train": 3}))
+    assert main(["train", "--config", str(broken), "--out", str(tmp_path / "no")]) == 2
+    assert "'model', 'train' or 'dataset'" in one_error_line(capsys)
+    assert not (tmp_path / "no").exists()
+
+
+def test_benchmark_takes_aggregator_missing_rate_and_set(data_npz, tmp_path, capsys):
+    out = tmp_path / "bench"
+    argv = ["benchmark", "--models", "wb,mmvamp", "--dataset", f"npz:{data_npz}", "--seeds", "1", "--epochs", "1",
+            "--backbone", "mlp", "--hidden", "16", "--latent-dim", "4", "--batch-size", "16", "--device", "cpu",
+            "--aggregator", "poe", "--missing-rate", "0.25", "--set", "kl_estimator=mc",
+            "--metrics", "recon", "--no-figures", "--no-progress", "--out", str(out)]
+    assert main(argv) == 0
+    configs = {m: json.loads((out / f"{m}-seed0" / "config.json").read_text()) for m in ("wb", "mmvamp")}
+    for config in configs.values():
+        assert config["model"]["aggregator"] == "poe" and config["train"]["missing_rate"] == 0.25
+    assert configs["wb"]["model"]["options"] == {}  # --set goes to the models that have the key
+    assert configs["mmvamp"]["model"]["options"] == {"kl_estimator": "mc"}
+    results = (out / "results.md").read_text()
+    assert "- aggregator: poe" in results and "- missing rate: 0.25" in results and "kl_estimator=mc" in results
+    capsys.readouterr()
+    bad = [*argv[:-1], str(tmp_path / "bench2")]
+    bad[bad.index("kl_estimator=mc")] = "nope=1"
+    assert main(bad) == 2
+    assert "--set nope: none of the models" in one_error_line(capsys)
+    assert not (tmp_path / "bench2").exists()
+
+
+def _csv(path: Path, header: list[str], rows: list[list[object]]) -> None:
+    path.write_text("\n".join(",".join(str(c) for c in row) for row in [header, *rows]) + "\n")
+
+
+def test_impute_to_csv_writes_the_masks_and_they_read_back(trained_run, tmp_path, capsys):
+    from omnivae.data.tables import read_csv_folder
+
+    folder = tmp_path / "tables"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    ids = [10, 11, 12, 13, 14]
+    vec_rows = [[i, *np.round(rng.normal(size=6), 3)] if i not in (11, 13) else [i, *[""] * 6] for i in ids]
+    _csv(folder / "vec.csv", ["id", *[f"v{k}" for k in range(6)]], vec_rows)
+    _csv(folder / "age.csv", ["id", "age"], [[i, 30 + i] for i in ids if i != 14])
+    out = tmp_path / "filled"
+    assert main(["impute", str(trained_run), "--input", str(folder), "--output", str(out), "--device", "cpu"]) == 0
+    assert "observed.csv" in capsys.readouterr().out
+    lines = (out / "observed.csv").read_text().splitlines()
+    assert lines[0] == "id,img,vec,bits,age"
+    assert lines[1:] == ["10,0,1,0,1", "11,0,0,0,1", "12,0,1,0,1", "13,0,0,0,1", "14,0,1,0,0"]
+    back = read_csv_folder(out)
+    assert back.arrays["mask_vec"].tolist() == [True, False, True, False, True]
+    assert back.arrays["mask_age"].tolist() == [True, True, True, True, False]
+    assert not back.arrays["mask_img"].any()
+    # Imputing the output again fills the same entries, not the earlier imputations kept as given.
+    again = tmp_path / "again"
+    assert main(["impute", str(trained_run), "--input", str(out), "--output", str(again), "--device", "cpu"]) == 0
+    assert (again / "observed.csv").read_text() == (out / "observed.csv").read_text()
+    assert (again / "vec.csv").read_text() == (out / "vec.csv").read_text()
+
+
+def test_a_malformed_observed_csv_is_one_line(tmp_path):
+    from omnivae.data.tables import read_csv_folder
+    from omnivae.errors import DataError
+
+    _csv(tmp_path / "a.csv", ["x"], [[1], [2]])
+    _csv(tmp_path / "observed.csv", ["weight"], [[1], [2]])
+    with pytest.raises(DataError, match="observed.csv has no 'a' column.*reserved for the masks"):
+        read_csv_folder(tmp_path)
+    _csv(tmp_path / "observed.csv", ["a"], [[1], ["yes"]])
+    with pytest.raises(DataError, match="observed.csv line 3, column 'a': 'yes' is not 0 or 1"):
+        read_csv_folder(tmp_path)

@@ -28,7 +28,7 @@ from omnivae.report import benchmark_markdown, metric_curves, tradeoff_curves
 from omnivae.train import TrainConfig, train
 from omnivae.train.checkpoint import atomic_write_bytes, atomic_write_json
 
-__all__ = ["run_benchmark", "summarise_run"]
+__all__ = ["run_benchmark", "summarise_run", "options_for"]
 
 
 def _mean(values) -> float | None:
@@ -64,6 +64,15 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     mean = sum(values) / len(values)
     var = sum((v - mean) ** 2 for v in values) / (len(values) - 1) if len(values) > 1 else 0.0
     return mean, math.sqrt(var)
+
+
+def options_for(name: str, model_options: dict) -> dict:
+    """The :class:`ModelConfig` fields of model ``name``: ``model_options`` with its
+    method-specific ``options`` cut to the keys the model has (``--set`` applies to the
+    models that know the key)."""
+    known = MODELS[name].options if name in MODELS else {}
+    own = {k: v for k, v in (model_options.get("options") or {}).items() if k in known}
+    return {**{k: v for k, v in model_options.items() if k not in ("options", "model")}, "options": own}
 
 
 def _finished(run_dir: Path) -> bool:
@@ -104,7 +113,7 @@ def run_benchmark(
     sweep = [(name, beta) for name in models for beta in (betas if betas is not None else [None])]
     for name, beta in sweep:
         key = name if beta is None else f"{name} beta={beta:g}"
-        options = dict(model_options) if beta is None else {**model_options, "beta": float(beta)}
+        options = options_for(name, model_options if beta is None else {**model_options, "beta": float(beta)})
         for seed in range(seeds):
             run_dir = out / (f"{name}-seed{seed}" if beta is None else f"{name}-beta{beta:g}-seed{seed}")
             label = f"[{key} seed {seed}]"
@@ -134,6 +143,13 @@ def run_benchmark(
     header = {"dataset": dataset, "seeds": seeds, "models": ", ".join(models),
               **({"betas": ", ".join(f"{b:g}" for b in betas)} if betas is not None else {}),
               "epochs": train_options.get("epochs"), "metrics": ", ".join(eval_options.metrics)}
+    for key in ("aggregator",):
+        if model_options.get(key) is not None:
+            header[key] = model_options[key]
+    if model_options.get("options"):
+        header["set"] = ", ".join(f"{k}={v}" for k, v in model_options["options"].items())
+    if train_options.get("missing_rate"):
+        header["missing rate"] = train_options["missing_rate"]
     atomic_write_bytes(out / "results.md", benchmark_markdown(summary, header).encode())
     atomic_write_bytes(out / "results.csv", _csv(per_run).encode())
     atomic_write_json(out / "results.json", {"header": header, "summary": summary})

@@ -118,8 +118,8 @@ def _add_impute(sub: argparse._SubParsersAction) -> None:
         required=True,
         help="where to write every modality, filled, in the input's format (a folder, .h5/.hdf5 or .npz)",
     )
-    p.add_argument("--batch-size", type=int, default=512)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=512, help="rows imputed at once (default 512)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--force", action="store_true", help="replace an existing --output (never done without it)")
     p.set_defaults(handler=cmd_impute)
 
@@ -207,7 +207,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="samples.png", help="PNG file to write (default samples.png)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the test rows drawn (stratified across classes) and of the samples (default 0)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--data-dir", help="folder with the dataset's real files, where it needs them")
     p.set_defaults(handler=cmd_sample)
 
@@ -220,22 +220,29 @@ def _add_benchmark(sub: argparse._SubParsersAction) -> None:
         "and write results.md, results.csv and figures/.",
     )
     p.add_argument("--models", default="poe,moe,mopoe,wb,mwb", help="comma-separated model names")
-    p.add_argument("--dataset", default=DEFAULT_DATASET)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--dataset", default=DEFAULT_DATASET,
+                   help=f"dataset name, npz:FILE, csv:DIR or hdf5:FILE (default {DEFAULT_DATASET}; see 'omnivae datasets')")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per model, 0 .. N-1 (default 3)")
     p.add_argument("--betas", help="comma-separated betas: train every model once per beta (a sweep) and plot "
                    "probe and coherence against reconstruction error")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=10, help="training epochs of every run (default 10)")
     p.add_argument("--out", required=True, help="benchmark folder")
     p.add_argument("--metrics", help="comma-separated: coherence,probe,likelihood,fd,recon (default all)")
-    p.add_argument("--latent-dim", type=int)
-    p.add_argument("--beta", type=_finite_float)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=_finite_float)
-    p.add_argument("--backbone")
-    p.add_argument("--hidden")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--data-dir")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--latent-dim", type=int, help="latent size of every model (default 32)")
+    p.add_argument("--beta", type=_finite_float, help="weight of the KL term of every model (default 1)")
+    p.add_argument("--aggregator", help="swap every model's aggregation: poe, moe, mopoe, wb, mwb (default: each model's own)")
+    p.add_argument("--set", dest="set_options", action="append", metavar="KEY=VALUE",
+                   help="a method-specific option (repeatable), given to the models that have KEY; "
+                   "'omnivae models' lists them")
+    p.add_argument("--missing-rate", type=_finite_float,
+                   help="hide each modality at random with this probability during training (default 0)")
+    p.add_argument("--batch-size", type=int, help="training batch size (default 64)")
+    p.add_argument("--lr", type=_finite_float, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--backbone", help="network family: auto, mlp, conv, resnet (default auto)")
+    p.add_argument("--hidden", help="MLP hidden widths, comma separated (default 512,512)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--data-dir", help="folder with the dataset's real files, where it needs them")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_eval_options(p)
     p.set_defaults(handler=cmd_benchmark)
 
@@ -279,8 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     toy.add_argument("--out", default="jnf_toy.png", help="PNG to write (default jnf_toy.png)")
     toy.add_argument("--epochs", type=int, default=10, help="epochs of each stage (default 10)")
-    toy.add_argument("--seed", type=int, default=0)
-    toy.add_argument("--no-progress", action="store_true")
+    toy.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    toy.add_argument("--no-progress", action="store_true", help="no progress bars")
     toy.set_defaults(handler=cmd_jnf_toy)
     return parser
 
@@ -309,6 +316,8 @@ def _load_config_file(path: str | None) -> dict:
         raise UserError(f"--config {path} is nested too deeply; give a flat JSON object of option names to values") from None
     if not isinstance(obj, dict):
         raise UserError(f"--config {path} must hold a JSON object of option names to values")
+    if isinstance(obj.get("model"), dict):
+        obj = _run_config_options(path, obj)
     options = {k.replace("-", "_"): v for k, v in obj.items()}
     sets = options.get("set_options")
     if sets is not None and (not isinstance(sets, list) or not all(isinstance(item, str) for item in sets)):
@@ -319,6 +328,18 @@ def _load_config_file(path: str | None) -> dict:
     for key, value in options.items():
         _check_config_value(path, key, value)
     return options
+
+
+def _run_config_options(path: str, run_config: dict) -> dict:
+    """A run's own ``config.json`` as ``--config``: its model and training settings and its
+    dataset, so ``train --config RUN/config.json`` trains that run again (flags override)."""
+    model, training, dataset = (run_config.get(k) for k in ("model", "train", "dataset"))
+    if not (isinstance(model, dict) and isinstance(training, dict) and isinstance(dataset, dict)):
+        raise UserError(f"--config {path} looks like a run's config.json but lacks its 'model', 'train' or 'dataset' object")
+    if run_config.get("own_networks"):
+        raise UserError(f"--config {path}: that run was trained with networks of your own, which only Python can rebuild")
+    options = {**model, **training, "dataset": dataset.get("name"), "data_dir": dataset.get("data_dir")}
+    return {k: v for k, v in options.items() if v is not None}
 
 
 def _no_constant(name: str) -> float:
@@ -679,8 +700,11 @@ def cmd_impute(args: argparse.Namespace) -> int:
 
     try:
         if table is not None:
-            write_filled_csv(table, values, run.modalities, output)
-            where = "every row filled"
+            observed = {
+                name: data.masks[name].numpy() if name in present else np.zeros(n, dtype=bool) for name in expected
+            }
+            write_filled_csv(table, values, run.modalities, output, observed=observed)
+            where = "every row filled; observed.csv marks the observed rows"
         else:
             arrays = _filled_arrays(raw, data, expected, values, str(source))
             if form == "hdf5":
@@ -786,13 +810,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if not models:
         raise UserError(f"--models {args.models!r} names no model; give comma-separated names such as poe,mwb (see 'omnivae models')")
     model_options = {}
-    for key in ("latent_dim", "beta", "backbone"):
+    for key in ("latent_dim", "beta", "backbone", "aggregator"):
         if getattr(args, key) is not None:
             model_options[key] = getattr(args, key)
     if args.hidden is not None:
         model_options["hidden"] = _parse_hidden(args.hidden)
+    if args.set_options:
+        model_options["options"] = dict(_parse_set(item) for item in args.set_options)
     train_options = {"epochs": args.epochs, "device": args.device, "progress": not args.no_progress}
-    for key in ("batch_size", "lr"):
+    for key in ("batch_size", "lr", "missing_rate"):
         if getattr(args, key) is not None:
             train_options[key] = getattr(args, key)
     betas = None
@@ -810,8 +836,15 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
     if args.epochs < 1:
         raise UserError(f"--epochs must be >= 1, got {args.epochs}")
+    from omnivae.benchmark import options_for
+    from omnivae.models import MODELS
+
     for name in models:
-        ModelConfig(**{**model_options, "model": name}).validate()
+        ModelConfig(model=name, **options_for(name, model_options)).validate()
+    unused = sorted(set(model_options.get("options", {})) - {k for m in models if m in MODELS for k in MODELS[m].options})
+    if unused:
+        raise UserError(f"--set {', '.join(unused)}: none of the models ({', '.join(models)}) has this option; "
+                        "'omnivae models' lists each model's options")
     TrainConfig(**train_options).validate()
     from omnivae.outputs import check_output_folder
 

@@ -27,6 +27,9 @@ a header row naming the columns):
 - Optional ``split.csv``: a ``split`` column of ``train``/``test`` (or 0/1) and an ``id``
   column when the modality files have ids; otherwise a random 80/20 split seeded by the
   run's seed, stratified by label, as for ``npz:FILE``.
+- Optional ``observed.csv`` (written by ``omnivae impute``): one 0/1 column per modality
+  (and ``id``), the CSV form of ``mask_<modality>``: a row marked 0 is missing whatever
+  its cells hold.
 
 ``hdf5:FILE`` (``.h5``/``.hdf5``) -- the ``npz`` layout as HDF5 datasets: one numeric
 dataset per modality (at the root, or every modality under a group ``modalities/``; the
@@ -77,6 +80,7 @@ __all__ = [
     "LABELS_FILE",
     "SPLIT_FILE",
     "SCHEMA_FILE",
+    "OBSERVED_FILE",
     "HDF5_GROUP",
     "HDF5_SUFFIXES",
     "CsvFolder",
@@ -97,6 +101,9 @@ ID_COLUMN = "id"
 LABELS_FILE = "labels.csv"
 SPLIT_FILE = "split.csv"
 SCHEMA_FILE = "schema.json"
+#: The masks ``omnivae impute`` writes beside the filled files: an ``id`` column when the
+#: modality files have ids, and one 0/1 column per modality (1 = observed).
+OBSERVED_FILE = "observed.csv"
 HDF5_GROUP = "modalities"
 HDF5_SUFFIXES = (".h5", ".hdf5")
 
@@ -434,6 +441,34 @@ def _labels_array(cells: list[str], lines: list[int], path: Path) -> np.ndarray:
     return labels
 
 
+def _observed_column(
+    folder: Path,
+    name: str,
+    ids: list[str] | None,
+    key_of: Callable[[str], object] | None,
+    index: Mapping[object, int],
+    n: int,
+) -> np.ndarray:
+    """Modality ``name``'s column of ``observed.csv`` as booleans in sample order."""
+    path = folder / OBSERVED_FILE
+    reserved = (
+        f"; {OBSERVED_FILE} is reserved for the masks 'omnivae impute' writes (one 0/1 column per "
+        "modality, 1 = observed): rename the file if it holds a modality"
+    )
+    try:
+        found = _side_file(folder, OBSERVED_FILE, name, ids, key_of, index, n)
+    except DataError as err:
+        raise DataError(f"{err}{reserved}") from None
+    assert found is not None
+    codes = {"1": True, "true": True, "0": False, "false": False}
+    column = np.zeros(n, dtype=bool)
+    for i, (text, line) in enumerate(zip(*found)):
+        if text.lower() not in codes:
+            raise DataError(f"{path} line {line}, column {name!r}: {text!r} is not 0 or 1{reserved}")
+        column[i] = codes[text.lower()]
+    return column
+
+
 def _split_array(cells: list[str], lines: list[int], path: Path) -> np.ndarray:
     codes = {"train": 0, "0": 0, "test": 1, "1": 1}
     split = np.zeros(len(cells), dtype=np.int64)
@@ -511,7 +546,7 @@ def read_csv_folder(
             f"CSV folder {str(folder)!r} not found; pass an existing folder as csv:DIR holding "
             f"{_CSV_LAYOUT}"
         )
-    reserved_files = (LABELS_FILE, SPLIT_FILE)
+    reserved_files = (LABELS_FILE, SPLIT_FILE, OBSERVED_FILE)
     try:
         files = sorted(
             p for p in folder.iterdir()
@@ -625,6 +660,11 @@ def read_csv_folder(
                     cells[at] = table.text[i]
             text[name] = cells
 
+    if (folder / OBSERVED_FILE).is_file():
+        for name in names:
+            masks[name] = masks[name] & _observed_column(folder, name, ids, key_of, index, n)
+            if keep_text:
+                text[name] = [cells if seen else None for cells, seen in zip(text[name], masks[name])]
     none = ~np.logical_or.reduce(list(masks.values()))
     if none.any():
         row = int(np.flatnonzero(none)[0])
@@ -773,8 +813,13 @@ def write_filled_csv(
     filled: Mapping[str, np.ndarray],
     specs: Sequence[ModalitySpec],
     path: str | os.PathLike[str],
+    observed: Mapping[str, np.ndarray] | None = None,
 ) -> None:
     """Write a CSV folder like ``source`` with every modality of ``specs`` filled.
+
+    With ``observed`` (``name -> bool [N]``), ``observed.csv`` records which rows of each
+    modality were given (1) and which were filled (0); reading the folder back applies
+    these masks, as ``mask_<name>`` arrays do for npz.
 
     Observed cells are written exactly as ``source`` holds them (read it with
     ``keep_text=True``); the other rows come from ``filled[name]`` (``[N, *shape]`` in
@@ -811,6 +856,13 @@ def write_filled_csv(
     for extra in (LABELS_FILE, SPLIT_FILE):
         if (source.folder / extra).is_file():
             files[extra] = (source.folder / extra).read_bytes()
+    if observed is not None:
+        names = [spec.name for spec in specs]
+        rows = [[str(int(bool(observed[name][i]))) for name in names] for i in range(len(filled[names[0]]))]
+        if source.ids is not None:
+            files[OBSERVED_FILE] = _csv_bytes([ID_COLUMN, *names], [[i, *row] for i, row in zip(source.ids, rows)])
+        else:
+            files[OBSERVED_FILE] = _csv_bytes(names, rows)
     _write_folder(path, files)
 
 
