@@ -1,5 +1,6 @@
 """A clean install and the loose ends of issue 17: the README's set-up commands, how
-``mfeat`` gets its files, what ``omnivae datasets`` calls ready and NaN rows in npz files.
+``mfeat`` gets its files, what ``omnivae datasets`` calls ready, NaN rows in npz files
+and models with networks of your own, saved and loaded again (the README's example).
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from omnivae.cli import main
 from omnivae.data import DATASETS, load_dataset, mfeat
 from omnivae.data.arrays import dataset_from_arrays
-from omnivae.errors import DataError
+from omnivae.errors import DataError, RunDirError, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -166,3 +168,65 @@ def test_npz_rows_of_nan_are_missing_like_empty_csv_rows():
     # An explicit mask decides: a row of NaN it calls observed is an error, not a silent gap.
     with pytest.raises(DataError, match="'a' has NaN or infinite values in row 1"):
         dataset_from_arrays({"a": a, "b": np.ones((4, 2)), "mask_a": np.ones(4, bool)})
+
+
+# -- networks of your own ----------------------------------------------------------------------
+
+
+def _readme_own_networks_example() -> str:
+    blocks = re.findall(r"```python\n(.*?)```", README, flags=re.S)
+    found = [b for b in blocks if "load_run(" in b and "encoders=" in b]
+    assert len(found) == 1, "the README shows one example of networks of your own"
+    return found[0]
+
+
+def test_the_readme_example_of_own_networks_trains_saves_and_loads(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    n = 330  # enough rows for the default batch size
+    labels = np.arange(n) % 2
+    image = rng.integers(0, 256, size=(n, 1, 28, 28)).astype(np.uint8)
+    counts = (rng.normal(size=(n, 5)) + labels[:, None]).astype(np.float32)
+    np.savez("train.npz", image=image, counts=counts, mask_counts=np.arange(n) % 5 != 0, labels=labels)
+    namespace: dict = {}
+    code = _readme_own_networks_example()
+    assert "TrainConfig(epochs=5)" in code
+    exec(compile(code.replace("TrainConfig(epochs=5)", "TrainConfig(epochs=1)"), "README.md", "exec"), namespace)
+
+    trainer, run = namespace["trainer"], namespace["run"]
+    assert type(run.model.encoders["image"]).__name__ == "GaussianEncoder"
+    assert isinstance(run.model.encoders["image"].body[1], torch.nn.Linear)  # the README's body, not the conv net
+    saved = {k: v for k, v in trainer.model.state_dict().items()}
+    loaded = run.model.state_dict()
+    assert saved.keys() == loaded.keys()
+    assert all(torch.equal(saved[k].cpu(), loaded[k].cpu()) for k in saved)
+    assert namespace["filled"]["image"].shape == (len(namespace["data"].test), 1, 28, 28)
+
+    from omnivae.train import load_run
+
+    with pytest.raises(RunDirError, match=r"networks of your own: encoders\['image'\] \(omnivae\.nn\.heads\.GaussianEncoder\)"):
+        load_run("runs/own")
+    capsys.readouterr()
+    assert main(["sample", "runs/own", "--out", "grid.png"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "networks of your own" in err[0]
+    assert main(["train", "--config", "runs/own/config.json", "--out", "runs/again"]) == 2
+    assert "only Python can rebuild" in capsys.readouterr().err
+    assert not Path("runs/again").exists()
+
+
+def test_own_networks_are_checked_by_name_and_type():
+    from omnivae.models import ModelConfig, build_model
+    from omnivae.data.base import ModalitySpec
+
+    specs = [ModalitySpec("a", (3,), "vector"), ModalitySpec("b", (2,), "vector")]
+    with pytest.raises(UserError, match=r"encoders\['c'\]: not a modality; the modalities are a, b"):
+        build_model(ModelConfig(model="wb"), specs, encoders={"c": torch.nn.Linear(3, 2)})
+    with pytest.raises(UserError, match=r"decoders\['a'\] must be a torch.nn.Module, got function"):
+        build_model(ModelConfig(model="wb"), specs, decoders={"a": lambda z: z})
+    # A method that builds networks of its own shape must refuse, not silently drop, yours.
+    with pytest.raises(UserError, match=r"mmvae\+ builds its own networks and cannot use encoders\['a'\]"):
+        build_model(ModelConfig(model="mmvae+"), specs, encoders={"a": torch.nn.Linear(3, 2)})
+    own = torch.nn.Linear(3, 2)
+    model, _ = build_model(ModelConfig(model="mmvamp"), specs, encoders={"a": own})
+    assert model.encoders["a"] is own

@@ -11,7 +11,7 @@ swapped, not re-implemented.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from functools import partial
 
@@ -48,6 +48,7 @@ __all__ = [
     "Recipe",
     "MODELS",
     "build_model",
+    "check_networks",
     "model_table",
 ]
 
@@ -799,13 +800,57 @@ def likelihood_rescaling(modalities: Sequence[ModalitySpec]) -> dict[str, float]
     return {name: largest / size for name, size in sizes.items()}
 
 
-def build_model(config: ModelConfig, modalities: Sequence[ModalitySpec]) -> tuple[MultimodalVAE, Objective]:
-    """The model and objective of a recipe, for a dataset's modalities."""
+def check_networks(
+    modalities: Sequence[ModalitySpec],
+    encoders: Mapping[str, nn.Module] | None = None,
+    decoders: Mapping[str, nn.Module] | None = None,
+) -> dict[str, dict[str, str]]:
+    """Check networks of your own against the modalities; returns what ``config.json`` records.
+
+    Returns:
+        ``{"encoders": {name: "module.Class"}, "decoders": {...}}`` for the given networks.
+
+    Raises:
+        UserError: for a name that is not a modality or a value that is not an ``nn.Module``.
+    """
+    names = [m.name for m in modalities]
+    described: dict[str, dict[str, str]] = {}
+    for role, networks in (("encoders", encoders), ("decoders", decoders)):
+        described[role] = {}
+        for name, network in (networks or {}).items():
+            if name not in names:
+                raise UserError(f"{role}[{name!r}]: not a modality; the modalities are {', '.join(names)}")
+            if not isinstance(network, nn.Module):
+                raise UserError(f"{role}[{name!r}] must be a torch.nn.Module, got {type(network).__name__}")
+            described[role][name] = f"{type(network).__module__}.{type(network).__qualname__}"
+    return described
+
+
+def build_model(
+    config: ModelConfig,
+    modalities: Sequence[ModalitySpec],
+    encoders: Mapping[str, nn.Module] | None = None,
+    decoders: Mapping[str, nn.Module] | None = None,
+) -> tuple[MultimodalVAE, Objective]:
+    """The model and objective of a recipe, for a dataset's modalities.
+
+    Args:
+        config: the recipe and its settings.
+        modalities: the dataset's modalities.
+        encoders: your own encoders by modality name, used instead of the built ones; each
+            maps ``x [B, *shape]`` to ``(loc [B, D], scale [B, D], factor)`` as
+            :class:`~omnivae.nn.heads.GaussianEncoder` does (``factor`` ``None`` for
+            diagonal covariances).
+        decoders: your own decoders by modality name; each maps ``z [N, D]`` to a
+            distribution over ``x`` as :func:`~omnivae.nn.factory.build_decoder`'s do.
+    """
     config.validate()
+    check_networks(modalities, encoders, decoders)
     recipe = MODELS[config.model]
+    own_encoders, own_decoders = dict(encoders or {}), dict(decoders or {})
     encoders = nn.ModuleDict(
         {
-            m.name: build_encoder(
+            m.name: own_encoders[m.name] if m.name in own_encoders else build_encoder(
                 m, config.latent_dim, backbone=config.backbone, hidden=config.hidden,
                 covariance=config.covariance, rank=config.rank,
             )
@@ -814,7 +859,7 @@ def build_model(config: ModelConfig, modalities: Sequence[ModalitySpec]) -> tupl
     )
     decoders = nn.ModuleDict(
         {
-            m.name: build_decoder(
+            m.name: own_decoders[m.name] if m.name in own_decoders else build_decoder(
                 m, config.latent_dim, backbone=config.backbone, hidden=config.hidden,
                 likelihood=config.likelihood,
             )
@@ -834,6 +879,11 @@ def build_model(config: ModelConfig, modalities: Sequence[ModalitySpec]) -> tupl
         model = recipe.build(config, modalities, parts)
     else:
         model = MultimodalVAE(modalities, encoders, decoders, aggregator, prior, weights, rank)
+    used = {id(module) for module in model.modules()}
+    ignored = [f"{role}[{name!r}]" for role, own in (("encoders", own_encoders), ("decoders", own_decoders))
+               for name, network in own.items() if id(network) not in used]
+    if ignored:  # methods with networks of another shape (MMVAE+, Nexus) build their own
+        raise UserError(f"{config.model} builds its own networks and cannot use {', '.join(ignored)}")
     return model, recipe.objective(config)
 
 

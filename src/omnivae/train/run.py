@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 
 from omnivae.data.base import DatasetSplits, ModalitySpec
 from omnivae.errors import RunDirError, UserError
-from omnivae.models import ModelConfig, MultimodalVAE, build_model
+from omnivae.models import ModelConfig, MultimodalVAE, build_model, check_networks
 from omnivae.objectives import Objective
 from omnivae.train.checkpoint import check_run_dir, load_tensors, read_json
 from omnivae.train.trainer import TrainConfig, Trainer
@@ -38,8 +39,14 @@ def train(
     run_dir: Path | None,
     resume: bool = False,
     data_dir: str | None = None,
+    encoders: Mapping[str, torch.nn.Module] | None = None,
+    decoders: Mapping[str, torch.nn.Module] | None = None,
 ) -> Trainer:
     """Build (or restore) a model and train it; returns the finished trainer.
+
+    ``encoders``/``decoders`` are networks of your own by modality name (see
+    :func:`~omnivae.models.build_model`); ``config.json`` names their classes, and
+    :func:`load_run` needs the same networks, freshly built, to load the run.
 
     The seed is set before the networks are built, so the same seed gives the same
     initial parameters and the same run.
@@ -49,7 +56,8 @@ def train(
     if run_dir is not None and not resume and run_dir.exists() and any(run_dir.iterdir()):
         raise UserError(f"{run_dir} already exists and is not empty; pick another --out or continue it with --resume {run_dir}")
     torch.manual_seed(train_config.seed)
-    model, objective = build_model(model_config, data.modalities)
+    model, objective = build_model(model_config, data.modalities, encoders, decoders)
+    own_networks = check_networks(data.modalities, encoders, decoders)
     run_config = {
         "model": model_config.to_json(),
         "dataset": {
@@ -59,6 +67,11 @@ def train(
         },
         "label_names": data.train.label_names,
     }
+    if any(own_networks.values()):
+        run_config["own_networks"] = own_networks
+    if resume:
+        assert run_dir is not None
+        _check_own_networks(run_dir, check_run_dir(run_dir).get("own_networks"), encoders, decoders)
     trainer = Trainer(model, objective, data.train, train_config, run_dir, data.test, run_config)
     if resume:
         assert run_dir is not None
@@ -87,8 +100,17 @@ class LoadedRun:
         return value if isinstance(value, str) else None
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
+def load_run(
+    run_dir: str | Path,
+    device: str | torch.device = "cpu",
+    encoders: Mapping[str, torch.nn.Module] | None = None,
+    decoders: Mapping[str, torch.nn.Module] | None = None,
+) -> LoadedRun:
     """Rebuild the model of a run from ``config.json`` and load ``model.safetensors``.
+
+    A run trained with networks of your own (``train(..., encoders=..., decoders=...)``)
+    is loaded by passing the same networks again, freshly built: their parameters come
+    from the checkpoint.
 
     Nothing in the run is unpickled or executed; a damaged or foreign file gives a
     :class:`~omnivae.errors.RunDirError` that names it.
@@ -101,7 +123,8 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
         modalities = tuple(ModalitySpec.from_json(m) for m in config["dataset"]["modalities"])
         dataset_name = str(config["dataset"]["name"])
         train_config.validate()
-        model, objective = build_model(model_config, modalities)
+        _check_own_networks(path, config.get("own_networks"), encoders, decoders)
+        model, objective = build_model(model_config, modalities, encoders, decoders)
     except RunDirError:
         raise
     except UserError as err:
@@ -118,3 +141,28 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
         ) from None
     model.to(device).eval()
     return LoadedRun(path, model, objective, model_config, train_config, dataset_name, modalities, config)
+
+
+def _check_own_networks(
+    path: Path,
+    recorded: object,
+    encoders: Mapping[str, torch.nn.Module] | None,
+    decoders: Mapping[str, torch.nn.Module] | None,
+) -> None:
+    """A run trained with networks of your own loads only when they are given again."""
+    if recorded is None:
+        return
+    if not isinstance(recorded, dict):
+        raise RunDirError(f"{path}/config.json: 'own_networks' must be an object, got {type(recorded).__name__}")
+    given = {"encoders": encoders or {}, "decoders": decoders or {}}
+    lacking = [
+        f"{role}[{name!r}] ({cls})"
+        for role in ("encoders", "decoders")
+        for name, cls in (recorded.get(role) or {}).items()
+        if name not in given[role]
+    ]
+    if lacking:
+        raise RunDirError(
+            f"{path} was trained with networks of your own: {', '.join(lacking)}; load it in Python with "
+            "load_run(path, encoders={...}, decoders={...}) passing the same networks"
+        )
