@@ -996,6 +996,125 @@ def test_likelihood_on_twenty_modalities_runs_and_says_so():
 # -- running a case ---------------------------------------------------------------------------
 
 
+# -- run folders: damaged files of valid JSON, runs stopped early, a second writer ----------
+_HELD_LOCKS: list = []  # locks the "being trained" cases hold, as another process would
+
+
+def run_copy(change: Callable[[Path], None] | None = None) -> Callable[[Path], Path]:
+    """A setup copying the shared run to ``run`` in the case's folder, then ``change(copy)``."""
+
+    def setup(tmp: Path) -> Path:
+        import shutil
+
+        shutil.copytree(CTX_RUN[0], tmp / "run")
+        if change is not None:
+            change(tmp / "run")
+        return tmp / "run"
+
+    return setup
+
+
+def _pointer(run: Path, obj: object) -> None:
+    (run / "checkpoint.json").write_text(obj if isinstance(obj, str) else json.dumps(obj))
+
+
+def _state(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    """Edit the published state.json and record its new checksum: valid JSON, consistent
+    checksums, a wrong shape that only the shape checks catch."""
+
+    def edit(run: Path) -> None:
+        import hashlib
+
+        from omnivae.train.checkpoint import published_checkpoint
+
+        path = published_checkpoint(run).path("state.json")
+        state = json.loads(path.read_text())
+        change(state)
+        data = json.dumps(state).encode()
+        path.write_bytes(data)
+        pointer = json.loads((run / "checkpoint.json").read_text())
+        pointer["sha256"]["state.json"] = hashlib.sha256(data).hexdigest()
+        _pointer(run, pointer)
+
+    return edit
+
+
+def _unpublished(run: Path) -> None:
+    import shutil
+
+    (run / "checkpoint.json").unlink()
+    shutil.rmtree(run / "checkpoints")
+
+
+def _held(run: Path) -> None:
+    from omnivae.train.checkpoint import RunLock
+
+    _HELD_LOCKS.append(RunLock.acquire(run))
+
+
+def _other_data(run: Path) -> None:
+    np.savez(run.parent / "data.npz", **data_arrays(seed=1))
+    config = json.loads((run / "config.json").read_text())
+    config["dataset"]["name"] = f"npz:{run.parent / 'data.npz'}"
+    (run / "config.json").write_text(json.dumps(config))
+
+
+def _pointer_edit(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def edit(run: Path) -> None:
+        pointer = json.loads((run / "checkpoint.json").read_text())
+        change(pointer)
+        _pointer(run, pointer)
+
+    return edit
+
+
+CTX_RUN: list[Path] = []  # the shared run, set by the ctx fixture before any setup runs
+RESUME = ("train", "--resume", "{data}", "--no-progress")
+SAMPLE_RUN = ("sample", "{data}", "--out", "{tmp}/samples.png", "--device", "cpu")
+
+CLI_CASES.extend([
+    CliCase("run-pointer-a-list", "CLI", "a run whose checkpoint.json holds a JSON list", SAMPLE_RUN,
+            ("checkpoint.json is damaged", "JSON list"), run_copy(lambda run: _pointer(run, []))),
+    CliCase("run-pointer-deeply-nested", "CLI", "a run whose checkpoint.json nests 100,000 levels", SAMPLE_RUN,
+            ("checkpoint.json is damaged", "nested too deeply"),
+            run_copy(lambda run: _pointer(run, "[" * 100_000 + "]" * 100_000))),
+    CliCase("run-checksum-a-string", "CLI", "a run whose checksums are a string, not a map", SAMPLE_RUN,
+            ("checkpoint.json is damaged", "'sha256' must map file names"),
+            run_copy(_pointer_edit(lambda p: p.__setitem__("sha256", "abc")))),
+    CliCase("run-generation-a-string", "CLI", "a run whose checkpoint generation is a string", SAMPLE_RUN,
+            ("checkpoint.json is damaged", "'generation' must be an integer >= 0"),
+            run_copy(_pointer_edit(lambda p: p.__setitem__("generation", "1")))),
+    CliCase("run-epoch-a-string", "CLI", "--resume of a run whose state.json epoch is a string", RESUME,
+            ("state.json is damaged", "'epoch' must be an integer >= 0", '"1"'),
+            run_copy(_state(lambda s: s.__setitem__("epoch", "1")))),
+    CliCase("run-negative-epoch", "CLI", "--resume of a run whose state.json epoch is -1", RESUME,
+            ("state.json is damaged", "'epoch' must be an integer >= 0", "-1"),
+            run_copy(_state(lambda s: s.__setitem__("epoch", -1)))),
+    CliCase("run-unknown-stage", "CLI", "--resume of a run whose state.json names stage 7", RESUME,
+            ("state.json is damaged", "stage 7 does not exist"), run_copy(_state(lambda s: s.__setitem__("stage", 7)))),
+    CliCase("run-missing-key", "CLI", "--resume of a run whose state.json lacks global_step", RESUME,
+            ("state.json is damaged", "'global_step' is missing"), run_copy(_state(lambda s: s.pop("global_step")))),
+    CliCase("seed-beyond-64-bits", "CLI", "--seed 2**64", T("--seed", str(2**64)),
+            ("--seed must be an integer from -2**63 to 2**64 - 1",)),
+    CliCase("resume-no-checkpoint", "CLI", "--resume of a run killed before its first checkpoint", RESUME,
+            ("stopped before its first checkpoint", "--overwrite"), run_copy(_unpublished)),
+    CliCase("out-no-checkpoint", "CLI", "--out of a run killed before its first checkpoint", T("--out", "{data}"),
+            ("holds a run that stopped before its first checkpoint", "--overwrite"), run_copy(_unpublished)),
+    CliCase("overwrite-not-a-run", "CLI", "--overwrite of a folder that is not a run", T("--overwrite"),
+            ("--overwrite refused", "not an omnivae run", "not deleted"), out_with_a_file),
+    CliCase("out-being-trained", "CLI", "--out of a run another process is training", T("--out", "{data}"),
+            ("is being trained by another process (pid", "wait for it"), run_copy(_held)),
+    CliCase("resume-being-trained", "CLI", "--resume of a run another process is training", RESUME,
+            ("is being trained by another process (pid",), run_copy(_held)),
+    CliCase("overwrite-being-trained", "CLI", "--overwrite of a run another process is training",
+            T("--out", "{data}", "--overwrite"), ("is being trained by another process (pid",), run_copy(_held)),
+    CliCase("resume-changed-data", "CLI", "--resume on data that changed since the run started", RESUME,
+            ("differ from the data", "--allow-data-change"), run_copy(_other_data)),
+    CliCase("allow-data-change-without-resume", "CLI", "--allow-data-change for a new run", T("--allow-data-change"),
+            ("--allow-data-change only applies to --resume",)),
+])
+
+
 def tree(*roots: Path) -> dict[str, tuple[int, int] | None]:
     """Every file (size, mtime) and folder (None) under ``roots``."""
     state: dict[str, tuple[int, int] | None] = {}
@@ -1058,13 +1177,16 @@ def shared(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture
-def ctx(shared, tmp_path, monkeypatch) -> Ctx:
+def ctx(shared, tmp_path, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)  # default run folders and relative paths land here
     monkeypatch.setenv("OMNIVAE_CACHE", str(work / "cache"))
     npz, run = shared
-    return Ctx(tmp=work, npz=npz, run=run)
+    CTX_RUN[:] = [run]
+    yield Ctx(tmp=work, npz=npz, run=run)
+    while _HELD_LOCKS:
+        _HELD_LOCKS.pop().release()
 
 
 def test_the_catalogue_is_complete():

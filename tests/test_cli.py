@@ -22,6 +22,7 @@ from omnivae.cli import main
 from omnivae.data import DATASETS, load_npz_array
 from omnivae.models import MODELS
 from omnivae.train import load_run
+from omnivae.train.checkpoint import published_checkpoint
 
 TINY_FLAGS = ["--backbone", "mlp", "--hidden", "16", "--latent-dim", "4", "--batch-size", "16", "--epochs", "1", "--no-progress"]
 
@@ -75,7 +76,9 @@ def one_error_line(capsys) -> str:
 
 def test_train_on_npz_writes_a_run(trained_run, capsys):
     names = sorted(p.name for p in trained_run.iterdir())
-    assert names == sorted(["config.json", "metrics.json", "model.safetensors", "state.json", "state.safetensors"])
+    assert names == sorted([".lock", "checkpoint.json", "checkpoints", "config.json"])
+    checkpoint = published_checkpoint(trained_run).folder
+    assert sorted(p.name for p in checkpoint.iterdir()) == sorted(["metrics.json", "model.safetensors", "state.json", "state.safetensors"])
     config = json.loads((trained_run / "config.json").read_text())
     assert config["model"]["model"] == "wb"
     assert config["model"]["latent_dim"] == 4 and config["model"]["hidden"] == [16]
@@ -83,7 +86,7 @@ def test_train_on_npz_writes_a_run(trained_run, capsys):
     assert [m["name"] for m in config["dataset"]["modalities"]] == CLI_NAMES
     assert [m["kind"] for m in config["dataset"]["modalities"]] == ["image", "vector", "binary", "vector"]
     assert config["dataset"]["modalities"][3]["shape"] == [1]
-    history = json.loads((trained_run / "metrics.json").read_text())["history"]
+    history = json.loads(published_checkpoint(trained_run).path("metrics.json").read_text())["history"]
     assert len(history) == 1 and math.isfinite(history[0]["train_loss"]) and math.isfinite(history[0]["test_loss"])
 
 
@@ -155,13 +158,13 @@ def test_resume_extends_a_run_and_config_file_sets_defaults(data_npz, tmp_path, 
     assert saved["model"]["latent_dim"] == 2, "a flag overrides --config"
     assert saved["model"]["hidden"] == [8]
     assert saved["train"]["batch_size"] == 8
-    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 1
+    assert len(json.loads(published_checkpoint(out).path("metrics.json").read_text())["history"]) == 1
     capsys.readouterr()
 
     assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 0
-    history = json.loads((out / "metrics.json").read_text())["history"]
+    history = json.loads(published_checkpoint(out).path("metrics.json").read_text())["history"]
     assert [r["epoch"] for r in history] == [1, 2]
-    state = json.loads((out / "state.json").read_text())
+    state = json.loads(published_checkpoint(out).path("state.json").read_text())
     assert state["epoch"] == 2 and state["finished"] is True
     assert json.loads((out / "config.json").read_text())["train"]["epochs"] == 2
     assert capsys.readouterr().err == ""
@@ -179,7 +182,7 @@ def test_train_on_polymnist(tmp_path_factory, monkeypatch, tmp_path, capsys):
     assert config["model"]["model"] == "mwb", "mwb is the default model"
     assert config["dataset"]["name"] == "polymnist"
     assert [m["name"] for m in config["dataset"]["modalities"]] == [f"m{k}" for k in range(5)]
-    history = json.loads((out / "metrics.json").read_text())["history"]
+    history = json.loads(published_checkpoint(out).path("metrics.json").read_text())["history"]
     assert len(history) == 1 and math.isfinite(history[0]["test_loss"])
     assert load_run(out).model.num_modalities == 5
 
@@ -298,7 +301,7 @@ def test_resume_honours_device(data_npz, tmp_path, capsys):
     assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress"]) == 2
     assert "--device cpu" in one_error_line(capsys)
     assert main(["train", "--resume", str(out), "--epochs", "2", "--no-progress", "--device", "cpu"]) == 0
-    assert len(json.loads((out / "metrics.json").read_text())["history"]) == 2
+    assert len(json.loads(published_checkpoint(out).path("metrics.json").read_text())["history"]) == 2
 
 
 def test_resume_of_a_damaged_run(data_npz, tmp_path, capsys):

@@ -32,6 +32,7 @@ from omnivae.cli import main
 from omnivae.data.base import Batch
 from omnivae.errors import UserError
 from omnivae.train import TrainConfig
+from omnivae.train.checkpoint import published_checkpoint
 from omnivae.train.distributed import Distributed
 
 HERE = Path(__file__).parent
@@ -98,17 +99,18 @@ def test_train_command_under_torchrun(tmp_path):
     assert result.stdout.count("epoch 2/2") == 1
     assert result.stdout.count(f"run written to {out}") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run", "tiny.npz"]
-    assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "metrics.json", "model.safetensors", "state.json", "state.safetensors",
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "checkpoint.json", "checkpoints", "config.json"]
+    assert sorted(p.name for p in published_checkpoint(out).folder.iterdir()) == [
+        "metrics.json", "model.safetensors", "state.json", "state.safetensors",
     ]
-    state = json.loads((out / "state.json").read_text())
+    state = json.loads(published_checkpoint(out).path("state.json").read_text())
     assert state["finished"] and state["global_step"] == 2 * 2  # 31 training rows, global batches of 16
-    history = json.loads((out / "metrics.json").read_text())["history"]
+    history = json.loads(published_checkpoint(out).path("metrics.json").read_text())["history"]
     assert [h["epoch"] for h in history] == [1, 2]
-    assert "rng/torch/rank1" in load_file(out / "state.safetensors")
+    assert "rng/torch/rank1" in load_file(published_checkpoint(out).path("state.safetensors"))
     # A run trained by two processes continues in one.
     assert main(["train", "--resume", str(out), "--epochs", "3", "--no-progress"]) == 0
-    assert json.loads((out / "state.json").read_text())["global_step"] == 3 * 2
+    assert json.loads(published_checkpoint(out).path("state.json").read_text())["global_step"] == 3 * 2
 
 
 def test_each_process_takes_its_rows_of_the_batch():

@@ -15,6 +15,7 @@ from omnivae.errors import TrainingDiverged, UserError
 from omnivae.models import build_model
 from omnivae.objectives import ObjectiveOutput
 from omnivae.train import TrainConfig, Trainer
+from omnivae.train.checkpoint import published_checkpoint
 from omnivae.train.trainer import FINITE_CHECK_EVERY
 
 STEPS_PER_EPOCH = 30
@@ -86,14 +87,14 @@ def test_a_non_finite_loss_stops_within_a_few_steps_and_keeps_the_last_good_chec
     assert f"the last good checkpoint (global step {STEPS_PER_EPOCH}) is in {run}" in message
     assert "lower --lr" in message and "check the data" in message
     # The checkpoint on disk is still the one of the end of epoch 1, bit for bit.
-    state = json.loads((run / "state.json").read_text())
+    state = json.loads(published_checkpoint(run).path("state.json").read_text())
     assert state["global_step"] == STEPS_PER_EPOCH and state["epoch"] == 1
-    saved = load_file(str(run / "model.safetensors"))
+    saved = load_file(str(published_checkpoint(run).path("model.safetensors")))
     expected = reference_state(splits, epochs=1)
     assert saved.keys() == expected.keys()
     for key in saved:
         assert torch.equal(saved[key], expected[key]), key
-    assert [r["epoch"] for r in json.loads((run / "metrics.json").read_text())["history"]] == [1]
+    assert [r["epoch"] for r in json.loads(published_checkpoint(run).path("metrics.json").read_text())["history"]] == [1]
     # ...and it resumes.
     resumed = make_trainer(splits, run)
     resumed.load(run)
@@ -115,9 +116,9 @@ def test_a_signal_after_a_nan_step_does_not_checkpoint_it(splits, tmp_path):
     with pytest.raises(TrainingDiverged, match=f"global step {at}"):
         trainer.fit()
     assert trainer.global_step == at + 1
-    state = json.loads((run / "state.json").read_text())
+    state = json.loads(published_checkpoint(run).path("state.json").read_text())
     assert state["global_step"] == STEPS_PER_EPOCH
-    saved = load_file(str(run / "model.safetensors"))
+    saved = load_file(str(published_checkpoint(run).path("model.safetensors")))
     assert all(torch.isfinite(t).all() for t in saved.values())
 
 
@@ -128,7 +129,7 @@ def test_divergence_in_the_first_epoch_says_no_checkpoint_was_written(splits, tm
         trainer.fit()
     assert trainer.global_step < 5 + FINITE_CHECK_EVERY
     assert "epoch 1/3, step 5/" in str(caught.value)
-    assert not (run / "model.safetensors").exists()
+    assert published_checkpoint(run) is None
 
 
 def test_divergence_without_a_run_directory(splits):
@@ -169,4 +170,4 @@ def test_the_command_line_prints_one_line_and_exits_with_status_2(tmp_path, monk
     assert line.startswith("omnivae: error: the training loss became NaN or infinite")
     assert "epoch 2/3, step 2/" in line and "global step 6" in line
     assert f"is in {out}" in line and "lower --lr" in line
-    assert json.loads((out / "state.json").read_text())["global_step"] == 4
+    assert json.loads(published_checkpoint(out).path("state.json").read_text())["global_step"] == 4

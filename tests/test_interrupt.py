@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from helpers import write_tiny_npz
+from omnivae.train.checkpoint import published_checkpoint
 
 EPOCHS = 30
 TINY = ["--backbone", "mlp", "--hidden", "16", "--latent-dim", "4", "--batch-size", "16", "--no-progress",
@@ -60,7 +61,7 @@ def train_args(npz: Path, out: Path, model: str = "wb") -> list[str]:
 
 
 def read_state(run: Path) -> dict:
-    return json.loads((run / "state.json").read_text())
+    return json.loads(published_checkpoint(run).path("state.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def straight(npz, tmp_path_factory) -> tuple[Path, float]:
     cwd = tmp_path_factory.mktemp("straight")
     run = cwd / "run"
     process = omnivae(*train_args(npz, run), cwd=cwd)
-    first = wait_for(run / "state.json", process)
+    first = wait_for(run / "checkpoint.json", process)
     status, out, err = finish(process)
     assert status == 0, err
     return run, time.monotonic() - first
@@ -85,7 +86,7 @@ def test_killed_training_resumes_bit_for_bit(npz, straight, tmp_path, signum):
     reference, seconds = straight
     run = tmp_path / "run"
     process = omnivae(*train_args(npz, run), cwd=tmp_path)
-    wait_for(run / "state.json", process)  # past the first epoch: training is under way
+    wait_for(run / "checkpoint.json", process)  # past the first epoch: training is under way
     # A random moment in the first third of what is left, so the signal lands mid-training
     # (and, most likely, mid-epoch).
     time.sleep(random.uniform(0.0, seconds / 3))
@@ -105,12 +106,12 @@ def test_killed_training_resumes_bit_for_bit(npz, straight, tmp_path, signum):
     assert read_state(run)["finished"]
     assert read_state(run)["global_step"] == read_state(reference)["global_step"] > stopped_at
 
-    ours = load_file(str(run / "model.safetensors"))
-    theirs = load_file(str(reference / "model.safetensors"))
+    ours = load_file(str(published_checkpoint(run).path("model.safetensors")))
+    theirs = load_file(str(published_checkpoint(reference).path("model.safetensors")))
     assert ours.keys() == theirs.keys()
     for key in ours:
         assert torch.equal(ours[key], theirs[key]), f"{key} differs after resuming from step {stopped_at}"
-    history = json.loads((run / "metrics.json").read_text())["history"]
+    history = json.loads(published_checkpoint(run).path("metrics.json").read_text())["history"]
     assert [r["epoch"] for r in history] == list(range(1, EPOCHS + 1))
 
 
@@ -123,7 +124,7 @@ def test_killed_benchmark_redoes_no_finished_run(npz, tmp_path):
     process = omnivae(*argv, cwd=tmp_path)
     done = out / "wb-seed0"
     wait_for(done / "eval.json", process)
-    wait_for(out / "moe-seed0" / "state.json", process)  # the second run is training
+    wait_for(out / "moe-seed0" / "checkpoint.json", process)  # the second run is training
     process.send_signal(signal.SIGTERM)
     status, printed, err = finish(process)
     assert status == 130, f"status {status}\n{printed}\n{err}"

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 
 import pytest
@@ -26,9 +28,14 @@ from omnivae.train import (
     resolve_device,
     train,
 )
-from omnivae.train.checkpoint import FORMAT
+from omnivae.train.checkpoint import FILES, FORMAT, published_checkpoint
 
-RUN_FILES = ["config.json", "model.safetensors", "state.safetensors", "state.json", "metrics.json"]
+RUN_ENTRIES = [".lock", "checkpoint.json", "checkpoints", "config.json"]
+
+
+def ckpt(run, name: str):
+    """A file of the run's published checkpoint."""
+    return published_checkpoint(run).path(name)
 
 
 def _train_config(**overrides) -> TrainConfig:
@@ -54,7 +61,9 @@ def finished_run(splits, tmp_path_factory):
 
 def test_train_writes_a_complete_run(finished_run):
     run, trainer = finished_run
-    assert sorted(p.name for p in run.iterdir()) == sorted(RUN_FILES)
+    assert sorted(p.name for p in run.iterdir()) == sorted(RUN_ENTRIES)
+    assert [p.name for p in (run / "checkpoints").iterdir()] == [ckpt(run, "state.json").parent.name]
+    assert sorted(p.name for p in ckpt(run, "state.json").parent.iterdir()) == sorted(FILES)
     config = json.loads((run / "config.json").read_text())
     assert config["format"] == FORMAT
     assert config["model"]["model"] == "mwb" and config["model"]["latent_dim"] == 4
@@ -62,16 +71,16 @@ def test_train_writes_a_complete_run(finished_run):
     assert config["dataset"]["name"] == "tiny"
     assert [m["name"] for m in config["dataset"]["modalities"]] == NAMES
     assert config["label_names"] == ["a", "b", "c"]
-    state = json.loads((run / "state.json").read_text())
+    state = json.loads(ckpt(run, "state.json").read_text())
     assert state["epoch"] == 2 and state["step_in_epoch"] == 0 and state["finished"] is True
     assert state["global_step"] == 2 * 3
-    history = json.loads((run / "metrics.json").read_text())["history"]
+    history = json.loads(ckpt(run, "metrics.json").read_text())["history"]
     assert [r["epoch"] for r in history] == [1, 2]
     for record in history:
         for key in ("train_loss", "train_rec", "train_kl", "test_loss"):
             assert math.isfinite(record[key]), key
     assert history == trainer.history
-    params = load_file(str(run / "model.safetensors"))
+    params = load_file(str(ckpt(run, "model.safetensors")))
     assert params.keys() == trainer.model.state_dict().keys()
 
 
@@ -149,13 +158,13 @@ def test_resume_after_an_epoch_is_exact(splits, straight, tmp_path):
     assert not all(torch.equal(v, straight[1].model.state_dict()[k]) for k, v in _final_state(first).items())
     resumed = train(tiny_config(**RESUME_MODEL), _train_config(**RESUME_TRAIN), splits, "tiny", run, resume=True)
     _assert_same_parameters(_final_state(resumed), _final_state(straight[1]))
-    _assert_same_parameters(load_file(str(run / "model.safetensors")), load_file(str(straight[0] / "model.safetensors")))
+    _assert_same_parameters(load_file(str(ckpt(run, "model.safetensors"))), load_file(str(ckpt(straight[0], "model.safetensors"))))
     assert [r["epoch"] for r in resumed.history] == [1, 2, 3]
     for mine, theirs in zip(resumed.history, straight[1].history):
         assert mine["train_loss"] == theirs["train_loss"]
         assert mine["test_loss"] == theirs["test_loss"]
-    straight_adam = load_file(str(straight[0] / "state.safetensors"))
-    resumed_adam = load_file(str(run / "state.safetensors"))
+    straight_adam = load_file(str(ckpt(straight[0], "state.safetensors")))
+    resumed_adam = load_file(str(ckpt(run, "state.safetensors")))
     _assert_same_parameters(resumed_adam, straight_adam)
 
 
@@ -178,7 +187,7 @@ def test_resume_from_the_middle_of_an_epoch_is_exact(splits, straight, tmp_path,
         train(tiny_config(**RESUME_MODEL), _train_config(**RESUME_TRAIN), splits, "tiny", run)
     monkeypatch.setattr(Trainer, "train_step", original)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "the handler is restored"
-    state = json.loads((run / "state.json").read_text())
+    state = json.loads(ckpt(run, "state.json").read_text())
     steps_per_epoch = 3
     assert state["global_step"] == stop_after
     assert state["epoch"] == stop_after // steps_per_epoch
@@ -205,7 +214,7 @@ def test_stop_signal_set_directly_also_checkpoints(splits, straight, tmp_path, m
     with pytest.raises(TrainingInterrupted):
         train(tiny_config(**RESUME_MODEL), _train_config(**RESUME_TRAIN), splits, "tiny", run)
     monkeypatch.setattr(Trainer, "train_step", original)
-    assert json.loads((run / "state.json").read_text())["global_step"] == 5
+    assert json.loads(ckpt(run, "state.json").read_text())["global_step"] == 5
     resumed = train(tiny_config(**RESUME_MODEL), _train_config(**RESUME_TRAIN), splits, "tiny", run, resume=True)
     _assert_same_parameters(_final_state(resumed), _final_state(straight[1]))
 
@@ -213,19 +222,41 @@ def test_stop_signal_set_directly_also_checkpoints(splits, straight, tmp_path, m
 # -- damaged and foreign run directories ------------------------------------------------
 
 
-@pytest.fixture()
-def run_copy(finished_run, tmp_path):
+def flat_copy(source, target) -> None:
+    """``source`` in the layout omnivae wrote before checkpoint generations: config.json
+    and the four checkpoint files side by side, checksums of the tensors in state.json."""
+    target.mkdir()
+    (target / "config.json").write_bytes((source / "config.json").read_bytes())
+    for name in FILES:
+        (target / name).write_bytes(ckpt(source, name).read_bytes())
+
+
+@pytest.fixture(params=["generations", "flat"])
+def run_copy(finished_run, tmp_path, request):
     source, _ = finished_run
     target = tmp_path / "copy"
-    target.mkdir()
-    for name in RUN_FILES:
-        (target / name).write_bytes((source / name).read_bytes())
+    if request.param == "flat":
+        flat_copy(source, target)
+        assert published_checkpoint(target).generation is None
+    else:
+        shutil.copytree(source, target)
     load_run(target)  # the copy itself is fine
     return target
 
 
+def rewrite(run, name: str, data: bytes) -> None:
+    """Replace a checkpoint file and record its checksum where the layout records one: a
+    checkpoint that is damaged yet consistent, which only the file's own checks can catch."""
+    ckpt(run, name).write_bytes(data)
+    pointer = run / "checkpoint.json"
+    if pointer.exists():
+        obj = json.loads(pointer.read_text())
+        obj["sha256"][name] = hashlib.sha256(data).hexdigest()
+        pointer.write_text(json.dumps(obj))
+
+
 def test_truncated_model_file_is_a_run_dir_error(run_copy):
-    file = run_copy / "model.safetensors"
+    file = ckpt(run_copy, "model.safetensors")
     data = file.read_bytes()
     file.write_bytes(data[: len(data) // 2])
     with pytest.raises(RunDirError, match="model.safetensors"):
@@ -233,7 +264,7 @@ def test_truncated_model_file_is_a_run_dir_error(run_copy):
 
 
 def test_tampered_model_file_is_a_run_dir_error(run_copy):
-    file = run_copy / "model.safetensors"
+    file = ckpt(run_copy, "model.safetensors")
     data = bytearray(file.read_bytes())
     data[-10] ^= 0x01
     file.write_bytes(bytes(data))
@@ -244,19 +275,18 @@ def test_tampered_model_file_is_a_run_dir_error(run_copy):
 @pytest.mark.parametrize("cut", [0, 7, 100, 0.5])
 def test_truncated_file_without_checksum_is_a_run_dir_error(run_copy, cut):
     # Without a recorded checksum the safetensors reader itself must fail cleanly.
-    state = json.loads((run_copy / "state.json").read_text())
+    state = json.loads(ckpt(run_copy, "state.json").read_text())
     del state["sha256"]
-    (run_copy / "state.json").write_text(json.dumps(state))
-    file = run_copy / "model.safetensors"
-    data = file.read_bytes()
+    rewrite(run_copy, "state.json", json.dumps(state).encode())
+    data = ckpt(run_copy, "model.safetensors").read_bytes()
     size = int(len(data) * cut) if isinstance(cut, float) else cut
-    file.write_bytes(data[:size])
+    rewrite(run_copy, "model.safetensors", data[:size])
     with pytest.raises(RunDirError, match="model.safetensors"):
         load_run(run_copy)
 
 
 def test_missing_model_file_is_a_run_dir_error(run_copy):
-    (run_copy / "model.safetensors").unlink()
+    ckpt(run_copy, "model.safetensors").unlink()
     with pytest.raises(RunDirError, match="model.safetensors"):
         load_run(run_copy)
 
@@ -265,13 +295,13 @@ def test_weights_of_another_model_are_a_run_dir_error(run_copy, splits, tmp_path
     other = tmp_path / "other"
     train(tiny_config("mwb", latent_dim=3), _train_config(epochs=1), splits, "tiny", other)
     for name in ("model.safetensors", "state.json"):
-        (run_copy / name).write_bytes((other / name).read_bytes())
+        rewrite(run_copy, name, ckpt(other, name).read_bytes())
     with pytest.raises(RunDirError, match="does not fit"):
         load_run(run_copy)
 
 
 def test_truncated_state_is_a_run_dir_error_on_resume(run_copy, splits):
-    file = run_copy / "state.safetensors"
+    file = ckpt(run_copy, "state.safetensors")
     file.write_bytes(file.read_bytes()[:50])
     with pytest.raises(RunDirError, match="state.safetensors"):
         train(tiny_config("mwb"), _train_config(epochs=3), splits, "tiny", run_copy, resume=True)
@@ -500,7 +530,7 @@ def test_resume_inside_a_later_stage_is_exact(splits, tmp_path, monkeypatch):
     with pytest.raises(TrainingInterrupted):
         _staged(splits, run).fit()
     monkeypatch.setattr(Trainer, "train_step", original)
-    assert json.loads((run / "state.json").read_text())["stage"] == 1
+    assert json.loads(ckpt(run, "state.json").read_text())["stage"] == 1
     resumed = _staged(splits, run)
     resumed.load(run)
     resumed.fit()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +25,7 @@ from omnivae.evaluate import EvalOptions, evaluate_run, read_eval
 from omnivae.models import MODELS, ModelConfig
 from omnivae.report import benchmark_markdown, metric_curves, tradeoff_curves
 from omnivae.train import TrainConfig, train
-from omnivae.train.checkpoint import atomic_write_bytes, atomic_write_json
+from omnivae.train.checkpoint import Checkpoint, atomic_write_bytes, atomic_write_json, published_checkpoint, read_published
 
 __all__ = ["run_benchmark", "summarise_run", "options_for"]
 
@@ -77,8 +76,8 @@ def options_for(name: str, model_options: dict) -> dict:
 
 def _finished(run_dir: Path) -> bool:
     try:
-        return bool(json.loads((run_dir / "state.json").read_text()).get("finished"))
-    except (OSError, json.JSONDecodeError):
+        return bool(read_published(run_dir, Checkpoint.progress).get("finished"))
+    except UserError:
         return False
 
 
@@ -119,13 +118,15 @@ def run_benchmark(
             label = f"[{key} seed {seed}]"
             status = "done"
             if not _finished(run_dir):
-                resume = (run_dir / "state.json").is_file()
+                resume = published_checkpoint(run_dir) is not None
                 model_config = ModelConfig(model=name, **options)
                 defaults = {"warmup_epochs": MODELS[name].warmup_epochs}
                 train_config = TrainConfig(**{**defaults, **train_options, "seed": seed})
                 status = "resuming" if resume else "training"
                 print(f"{label} {status} ...", flush=True)
-                train(model_config, train_config, data, dataset, run_dir, resume=resume)
+                # A run stopped before its first checkpoint has nothing to resume: start it again.
+                restart = not resume and (run_dir / "config.json").is_file()
+                train(model_config, train_config, data, dataset, run_dir, resume=resume, overwrite=restart)
             results = read_eval(run_dir)
             if results is None or not set(eval_options.metrics) <= set(results.get("metrics", [])):
                 print(f"{label} evaluating ...", flush=True)

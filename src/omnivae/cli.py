@@ -93,6 +93,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="JSON file of defaults for these options (flags override it)")
     p.add_argument("--out", help="run directory (default runs/MODEL-DATASET-TIME)")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted or finished run (add --epochs to extend)")
+    p.add_argument("--overwrite", action="store_true", default=None,
+                   help="replace the omnivae run already in --out (never a folder that is not a run, nor one in training)")
+    p.add_argument("--allow-data-change", action="store_true", default=None,
+                   help="with --resume: continue even though the training data differ from the run's")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=cmd_train)
 
@@ -417,10 +421,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     from omnivae.data import load_dataset
     from omnivae.models import MODELS, ModelConfig
     from omnivae.train import TrainConfig, check_run_dir, new_run_dir, train
+    from omnivae.train.run import check_writable_run
 
     options = _options(args)
     resume = options.pop("resume", None)
+    overwrite = bool(options.pop("overwrite", False))
+    allow_data_change = bool(options.pop("allow_data_change", False))
+    if allow_data_change and resume is None:
+        raise UserError("--allow-data-change only applies to --resume RUN")
     if resume is not None:
+        check_writable_run(Path(resume), resume=True, overwrite=overwrite)  # before the data are loaded
         saved = check_run_dir(Path(resume))
         fixed = sorted(set(options) - {"epochs", "device", "no_progress", "data_dir", "precision", "compile"})
         if fixed:
@@ -480,6 +490,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         dataset_name = _absolute_dataset(options.get("dataset", DEFAULT_DATASET))
         data_dir = options.get("data_dir")
         run_dir = Path(options["out"]) if "out" in options else new_run_dir(model_config.model, dataset_name)
+        check_writable_run(run_dir, resume=False, overwrite=overwrite)
         from omnivae.outputs import check_output_folder
 
         check_output_folder(run_dir, "--out")
@@ -497,7 +508,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         + ", ".join(f"{m.name}{list(m.shape)}" for m in data.modalities),
         flush=True,
     )
-    trainer = train(model_config, train_config, data, dataset_name, run_dir, resume=resume is not None, data_dir=data_dir)
+    trainer = train(model_config, train_config, data, dataset_name, run_dir, resume=resume is not None, data_dir=data_dir,
+                    overwrite=overwrite, allow_data_change=allow_data_change)
     _print_summary(trainer, run_dir)
     return 0
 

@@ -85,7 +85,7 @@ def write_npz_atomic(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarr
     record = {"file": path.name, "size": path.stat().st_size, "sha256": checksum}
     atomic_write(
         sidecar_path(path),
-        lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8"),
+        lambda tmp: tmp.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8"),
     )
     return checksum
 

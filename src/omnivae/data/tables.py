@@ -852,7 +852,7 @@ def write_filled_csv(
         if spec.kind != "vector" or len(spec.shape) != 1:
             schema[name] = {"shape": list(spec.shape), "kind": spec.kind}
     if schema:
-        files[SCHEMA_FILE] = (json.dumps(schema, indent=2) + "\n").encode("utf-8")
+        files[SCHEMA_FILE] = (json.dumps(schema, indent=2, allow_nan=False) + "\n").encode("utf-8")
     for extra in (LABELS_FILE, SPLIT_FILE):
         if (source.folder / extra).is_file():
             files[extra] = (source.folder / extra).read_bytes()

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from omnivae.data.base import ModalitySpec, MultimodalDataset
 from omnivae.data.cache import cache_dir
-from omnivae.fileio import atomic_write, sha256_file
+from omnivae.fileio import atomic_write, finite_or_none, sha256_file
 from omnivae.metrics.common import evaluating, seeded
 from omnivae.metrics.common import require_labels
 
@@ -411,7 +411,7 @@ def _save(folder: Path, classifiers: ModalityClassifiers, key: str) -> None:
         "test_accuracy": classifiers.test_accuracy,
         "weights_sha256": sha256_file(folder / _WEIGHTS),
     }
-    atomic_write(folder / _META, lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8"))
+    atomic_write(folder / _META, lambda tmp: tmp.write_text(json.dumps(finite_or_none(meta), indent=2, allow_nan=False) + "\n", encoding="utf-8"))
 
 
 def _load(folder: Path, key: str, modalities: tuple[ModalitySpec, ...]) -> ModalityClassifiers:

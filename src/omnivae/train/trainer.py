@@ -8,15 +8,17 @@ state and the data order's generator state at the start of the epoch.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import signal
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import torch
+from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -27,15 +29,19 @@ from omnivae.configs import check_field_types
 from omnivae.models import MultimodalVAE
 from omnivae.nn.precision import PRECISIONS, networks_in
 from omnivae.objectives import Objective
+from omnivae.fileio import json_bytes
 from omnivae.stages import Stage
 from omnivae.train.checkpoint import (
     FORMAT,
-    atomic_save_tensors,
+    Checkpoint,
+    RunLock,
     atomic_write_json,
     flatten_optimizer,
-    load_tensors,
-    read_json,
+    publish_checkpoint,
+    published_checkpoint,
+    read_published,
     unflatten_optimizer,
+    write_error,
 )
 from omnivae.train import distributed
 from omnivae.train.schedules import LinearWarmup
@@ -73,6 +79,8 @@ class TrainConfig:
             raise UserError(f"--epochs must be >= 0, got {self.epochs}")
         if self.batch_size < 1:
             raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not -(2**63) <= self.seed < 2**64:  # what torch.manual_seed takes
+            raise UserError(f"--seed must be an integer from -2**63 to 2**64 - 1, got {self.seed}")
         processes = distributed.world_size()
         if processes > 1 and self.batch_size < processes:
             raise UserError(
@@ -197,6 +205,8 @@ class Trainer:
         self.epoch_start_data_state = self.data_generator.get_state()
         self.history: list[dict] = []
         self._stop_signal: int | None = None
+        self._saving = False
+        self.lock: RunLock | None = None  # taken by fit(), or earlier by omnivae.train.run.train
 
     @property
     def steps_per_epoch(self) -> int:
@@ -283,17 +293,30 @@ class Trainer:
 
     def fit(self) -> list[dict]:
         """Train every stage to its end; resumes from the loaded state if any."""
-        if self.run_dir is not None and distributed.is_main():
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.run_dir / "config.json", self.full_config())
-        with self._catch_signals():
-            while self.epoch < self.total_epochs:
-                index = self.stage_at(self.epoch)
-                if index != self.stage_index:
-                    self._enter_stage(index)
-                self._run_epoch()
-        if self.run_dir is not None:
-            self.save()
+        writes = self.run_dir is not None and distributed.is_main()
+        # One writer per run: hold the run's lock for the whole training (rank 0 writes alone).
+        owned = writes and self.lock is None
+        lock = RunLock.acquire(self.run_dir) if owned else nullcontext()
+        with lock:
+            if owned:
+                self.lock = lock
+            try:
+                if writes:
+                    try:
+                        atomic_write_json(self.run_dir / "config.json", self.full_config())
+                    except OSError as err:
+                        raise write_error(self.run_dir, err, "config.json", published_checkpoint(self.run_dir), None) from None
+                with self._catch_signals():
+                    while self.epoch < self.total_epochs:
+                        index = self.stage_at(self.epoch)
+                        if index != self.stage_index:
+                            self._enter_stage(index)
+                        self._run_epoch()
+                    if self.run_dir is not None:
+                        self.save()
+            finally:
+                if owned:
+                    self.lock = None
         return self.history
 
     def _run_epoch(self) -> None:
@@ -366,6 +389,8 @@ class Trainer:
             )
         if self.run_dir is not None:
             self.save()
+            if self._stop_requested():  # a signal arrived during the save: stop at this checkpoint
+                self._interrupt(save=False)
 
     def _check_finite(self, finite: list[Tensor], bar) -> None:
         """Raise :class:`TrainingDiverged` if a loss in ``finite`` (the device-side
@@ -395,7 +420,7 @@ class Trainer:
             kept = "nothing was saved (no run directory)"
         else:
             try:
-                saved = read_json(self.run_dir / "state.json", "the training progress")
+                saved = read_published(self.run_dir, Checkpoint.progress)
                 kept = f"the last good checkpoint (global step {saved.get('global_step')}) is in {self.run_dir}"
             except UserError:
                 kept = f"no checkpoint had been written to {self.run_dir} yet"
@@ -432,9 +457,16 @@ class Trainer:
     # -- signals -------------------------------------------------------------------------
     @contextmanager
     def _catch_signals(self):
-        """SIGINT/SIGTERM finish the current step, write a checkpoint, then stop."""
+        """SIGINT/SIGTERM finish the current step, write a checkpoint, then stop.
+
+        A second signal stops at once (``KeyboardInterrupt``), except while a checkpoint is
+        being written: then it is ignored and training stops once the checkpoint is published.
+        """
 
         def handler(signum, frame):
+            if self._saving:  # never break a checkpoint: stop once it is published
+                self._stop_signal = self._stop_signal or signum
+                return
             if self._stop_signal is not None:  # a second signal stops at once
                 raise KeyboardInterrupt
             self._stop_signal = signum
@@ -456,8 +488,8 @@ class Trainer:
         stop = self._stop_signal is not None
         return self.dist.any(stop) if self.dist is not None else stop
 
-    def _interrupt(self) -> None:
-        if self.run_dir is not None:
+    def _interrupt(self, save: bool = True) -> None:
+        if self.run_dir is not None and save:
             self.save()
         raise TrainingInterrupted(
             f"training stopped at epoch {self.epoch + 1}, step {self.step_in_epoch}"
@@ -474,16 +506,40 @@ class Trainer:
         }
 
     def save(self) -> None:
-        """Write parameters, optimizer and random states and progress, each file atomically."""
+        """Write a checkpoint (parameters, optimizer and random states, progress, history)
+        and publish it as one unit (see :mod:`omnivae.train.checkpoint`).
+
+        A full disk or an I/O error leaves the previous checkpoint published and raises a
+        :class:`UserError` saying so; signals wait until the checkpoint is published.
+        """
         assert self.run_dir is not None
         rank_states = self.dist.rng_states() if self.dist is not None else {}  # collective
         if not distributed.is_main():  # rank 0 alone writes
             return
-        model_sha = atomic_save_tensors(
-            self.run_dir / "model.safetensors",
-            dict(self.model.state_dict()),
-            metadata={"format": FORMAT, "omnivae_version": __version__},
-        )
+        self._saving = True
+        try:
+            files = self._checkpoint_files(rank_states)
+            try:
+                publish_checkpoint(self.run_dir, files)
+            except OSError as err:
+                previous = published_checkpoint(self.run_dir)
+                progress = None
+                if previous is not None:
+                    try:
+                        progress = previous.progress()
+                    except UserError:
+                        pass
+                raise write_error(self.run_dir, err, "a checkpoint", previous, progress) from None
+        finally:
+            self._saving = False
+
+    def _checkpoint_files(self, rank_states: dict[str, Tensor]) -> dict[str, bytes]:
+        """The files of a checkpoint, as bytes (see :data:`omnivae.train.checkpoint.FILES`)."""
+
+        def tensors(values: dict[str, Tensor], metadata: dict[str, str] | None = None) -> bytes:
+            return safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in values.items()}, metadata=metadata)
+
+        model = tensors(dict(self.model.state_dict()), {"format": FORMAT, "omnivae_version": __version__})
         optimizer_tensors, optimizer_meta = flatten_optimizer(self.optimizer)
         state_tensors = dict(optimizer_tensors)
         state_tensors["rng/torch"] = torch.get_rng_state()
@@ -491,7 +547,7 @@ class Trainer:
         if self.device.type == "cuda":
             state_tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
         state_tensors.update(rank_states)
-        state_sha = atomic_save_tensors(self.run_dir / "state.safetensors", state_tensors)
+        state = tensors(state_tensors)
         progress = {
             "format": FORMAT,
             "epoch": self.epoch,
@@ -500,35 +556,55 @@ class Trainer:
             "finished": self.epoch >= self.total_epochs,
             "stage": self.stage_index,
             "optimizer": optimizer_meta,
-            "sha256": {"model.safetensors": model_sha, "state.safetensors": state_sha},
+            "sha256": {"model.safetensors": hashlib.sha256(model).hexdigest(), "state.safetensors": hashlib.sha256(state).hexdigest()},
         }
-        atomic_write_json(self.run_dir / "state.json", progress)
-        atomic_write_json(self.run_dir / "metrics.json", {"history": self.history})
+        return {
+            "model.safetensors": model,
+            "state.safetensors": state,
+            "state.json": json_bytes(progress),
+            "metrics.json": json_bytes({"history": self.history}),
+        }
 
-    def load(self, run_dir: Path) -> None:
-        """Restore a checkpoint written by :meth:`save` (exact resume)."""
-        run_dir = Path(run_dir)
-        progress = read_json(run_dir / "state.json", "the training progress")
-        checksums = progress.get("sha256", {})
-        params = load_tensors(run_dir / "model.safetensors", checksums.get("model.safetensors"))
+    def load(self, run_dir: Path) -> int | None:
+        """Restore the published checkpoint of ``run_dir`` (exact resume); returns its
+        generation (``None`` for a run in the old flat layout)."""
+        return read_published(Path(run_dir), self._load_checkpoint)
+
+    def _load_checkpoint(self, checkpoint: Checkpoint) -> int | None:
+        run_dir = checkpoint.run_dir
+        progress = checkpoint.progress()
+        params = checkpoint.tensors("model.safetensors")
+        state = checkpoint.tensors("state.safetensors")
+        history = checkpoint.history()
+        stage = progress["stage"]
+        if stage >= len(self.stages):
+            raise RunDirError(
+                f"{checkpoint.path('state.json')} is damaged: stage {stage} does not exist "
+                f"(the method has {len(self.stages)} stage(s))"
+            )
         try:
             self.model.load_state_dict({k: v.to(self.device) for k, v in params.items()})
         except RuntimeError as err:
             raise RunDirError(f"{run_dir}: the checkpoint does not fit this model ({str(err).splitlines()[0]})") from None
-        state = load_tensors(run_dir / "state.safetensors", checksums.get("state.safetensors"))
         # The saved optimizer belongs to the stage the run stopped in (its last finished
         # epoch's stage when it stopped at a boundary); rebuild that stage's first.
-        self._enter_stage(int(progress.get("stage", 0)))
-        self.optimizer.load_state_dict(unflatten_optimizer(state, progress["optimizer"]))
-        torch.set_rng_state(state["rng/torch"])
-        if "rng/cuda" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng/cuda"], self.device)
-        self.epoch_start_data_state = state["rng/data_epoch_start"]
-        self.data_generator.set_state(self.epoch_start_data_state)
-        self.epoch = int(progress["epoch"])
-        self.step_in_epoch = int(progress["step_in_epoch"])
-        self.global_step = int(progress["global_step"])
-        metrics = read_json(run_dir / "metrics.json", "the training history")
-        self.history = list(metrics.get("history", []))
+        self._enter_stage(stage)
+        try:
+            self.optimizer.load_state_dict(unflatten_optimizer(state, progress["optimizer"]))
+            torch.set_rng_state(state["rng/torch"])
+            if "rng/cuda" in state and self.device.type == "cuda":
+                torch.cuda.set_rng_state(state["rng/cuda"], self.device)
+            self.epoch_start_data_state = state["rng/data_epoch_start"]
+            self.data_generator.set_state(self.epoch_start_data_state)
+        except (KeyError, ValueError, RuntimeError, TypeError) as err:
+            raise RunDirError(
+                f"{checkpoint.path('state.safetensors')} does not hold this run's optimizer and random states "
+                f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+            ) from None
+        self.epoch = progress["epoch"]
+        self.step_in_epoch = progress["step_in_epoch"]
+        self.global_step = progress["global_step"]
+        self.history = list(history)
         if self.dist is not None:
             self.dist.restore_rng_states(state, self.config.seed, self.global_step)
+        return checkpoint.generation
