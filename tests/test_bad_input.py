@@ -909,6 +909,27 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path):
     assert done.returncode == 141
 
 
+@pytest.mark.parametrize("code", ["EACCES", "ENOSPC", "EIO"])
+def test_an_os_error_anywhere_is_one_line_unless_it_is_a_fault(code: str, capsys, monkeypatch):
+    """The last net in ``main``: permission, path, space and read-only errors wherever they
+    happen are one line (a permission error need not be a write); EIO is a fault and keeps
+    its traceback."""
+    import errno
+
+    def fail(args):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), "/data/x.npz")
+
+    monkeypatch.setattr("omnivae.cli.cmd_models", fail)
+    if code == "EIO":
+        with pytest.raises(OSError):
+            main(["models"])
+        return
+    assert main(["models"]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and "/data/x.npz" in line
+    assert ("cannot write" in line) == (code == "ENOSPC")
+
+
 def test_a_closed_pipe_in_process(capsys, monkeypatch):
     class Closed:
         def write(self, text: str) -> int:

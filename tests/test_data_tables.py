@@ -405,7 +405,7 @@ def test_impute_fills_a_csv_folder_and_keeps_observed_cells(csv_run, tmp_path, c
     out = tmp_path / "filled"
     assert main(["impute", str(csv_run), "--input", str(source), "--output", str(out), "--device", "cpu"]) == 0
     assert "imputed 8 missing entries" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["bits.csv", "img.csv", "labels.csv", "schema.json", "vec.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["bits.csv", "img.csv", "labels.csv", "observed.csv", "schema.json", "vec.csv"]
     ids = [str(100 + 2 * i) for i in range(8)]
     for name in ("img", "vec", "bits"):
         given, filled = _read_rows(source / f"{name}.csv"), _read_rows(out / f"{name}.csv")
@@ -418,7 +418,10 @@ def test_impute_fills_a_csv_folder_and_keeps_observed_cells(csv_run, tmp_path, c
                 assert row == observed[row[0]]  # observed cells exactly as written
     assert (out / "labels.csv").read_bytes() == (source / "labels.csv").read_bytes()
     back = read_csv_folder(out)
-    assert all(back.arrays[f"mask_{name}"].all() for name in ("img", "vec", "bits"))
+    # observed.csv keeps the input's missing entries missing when the output is read back.
+    given_back = read_csv_folder(source)
+    assert all((back.arrays[f"mask_{n}"] == given_back.arrays[f"mask_{n}"]).all() for n in ("img", "vec", "bits"))
+    assert not back.arrays["mask_img"][[0, 1, 6]].any() and back.arrays["mask_img"][[2, 3, 4, 5, 7]].all()
     assert back.specs["img"].kind == "image" and back.specs["bits"].kind == "binary"
     # Imputed rows are the model's imputation.
     from omnivae.train import load_run
@@ -446,7 +449,7 @@ def test_impute_csv_without_schema_takes_the_runs_shapes(csv_run, tmp_path, caps
     assert main(["impute", str(csv_run), "--input", str(source), "--output", str(out), "--device", "cpu"]) == 2
     assert "pass --force" in capsys.readouterr().err
     assert main(["impute", str(csv_run), "--input", str(source), "--output", str(out), "--device", "cpu", "--force"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["bits.csv", "img.csv", "schema.json", "vec.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["bits.csv", "img.csv", "observed.csv", "schema.json", "vec.csv"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
 
 

@@ -8,6 +8,7 @@ outputs are written to temporary names and renamed into place.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import math
 import os
@@ -950,7 +951,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if err.errno not in WRITE_ERRNOS:
             raise
-        print(f"omnivae: error: {write_failure(err, err.filename or 'the output')}", file=sys.stderr)
+        if err.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EROFS, errno.EFBIG):
+            line = str(write_failure(err, err.filename or "the output"))
+        else:  # a permission or a path problem met anywhere, reading or writing
+            line = f"{err.filename or 'a file'}: {os.strerror(err.errno)}; check the path and its permissions"
+        print(f"omnivae: error: {line}", file=sys.stderr)
         return 2
     except (MemoryError, RuntimeError) as err:
         if not _out_of_memory(err):
