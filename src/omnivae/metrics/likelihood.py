@@ -66,8 +66,19 @@ def _log_likelihood_terms(model: MultimodalVAE, x: dict[str, Tensor], z: Tensor)
     return torch.stack([model.modality_log_likelihood(name, x[name], z) for name in model.names])
 
 
-def _check_sizes(num_samples: int, batch_size: int, chunk: int) -> None:
-    for name, value in (("num_samples", num_samples), ("batch_size", batch_size), ("chunk", chunk)):
+#: Latents per estimator step when ``chunk`` is left to the estimator: every step's tensors
+#: (latents, log-weights; the decoders split their own calls further) stay a few MB, and a
+#: progress bar moves every few seconds on a CPU even at K = 1,000.
+LATENTS_PER_STEP = 1 << 14
+
+
+def _auto_chunk(num_samples: int, latents_per_sample: int) -> int:
+    """Samples per step so that a step holds about :data:`LATENTS_PER_STEP` latents."""
+    return max(1, min(num_samples, LATENTS_PER_STEP // max(1, latents_per_sample)))
+
+
+def _check_sizes(num_samples: int, batch_size: int, chunk: int | None) -> None:
+    for name, value in (("num_samples", num_samples), ("batch_size", batch_size), ("chunk", 1 if chunk is None else chunk)):
         if value < 1:
             raise UserError(f"the likelihood's {name} must be >= 1, got {value}")
 
@@ -83,7 +94,7 @@ def joint_log_likelihood(
     *,
     num_samples: int = 1000,
     batch_size: int = 64,
-    chunk: int = 100,
+    chunk: int | None = None,
     device: torch.device | str = "cpu",
     seed: int | None = None,
     progress: bool = False,
@@ -102,7 +113,8 @@ def joint_log_likelihood(
         data: The test split.
         num_samples: K, importance samples per test point (MMVAE and MultiVae: 1000).
         batch_size: Test points per pass.
-        chunk: Samples per decoder call; memory grows with ``chunk * batch_size``.
+        chunk: Samples per step; memory grows with ``chunk * batch_size``. By default about
+            :data:`LATENTS_PER_STEP` latents per step.
         device: Where batches are sent.
         seed: Seed for the draws (the global random state is left untouched); None uses it.
         progress: Show a progress bar (sample chunks, with ETA) on stderr.
@@ -115,6 +127,7 @@ def joint_log_likelihood(
         -1865.2
     """
     _check_sizes(num_samples, batch_size, chunk)
+    chunk = _auto_chunk(num_samples, batch_size) if chunk is None else chunk
     total = torch.zeros((), dtype=torch.float64, device=device)
     count = torch.zeros((), dtype=torch.float64, device=device)
     steps = data.num_batches(batch_size) * len(_chunks(num_samples, chunk))
@@ -146,7 +159,7 @@ def conditional_log_likelihoods(
     *,
     num_samples: int = 1000,
     batch_size: int = 64,
-    chunk: int = 100,
+    chunk: int | None = None,
     device: torch.device | str = "cpu",
     seed: int | None = None,
     progress: bool = False,
@@ -178,14 +191,14 @@ def conditional_log_likelihoods(
     conditional needs at least one observed modality outside S; a subset with no such
     row is left out.
 
-    Memory: each decoder call holds ``chunk * (2**M - 1) * batch_size`` latents.
+    Memory: each step holds ``chunk * (2**M - 1) * batch_size`` latents.
 
     Args:
         model: A trained model; its device must be ``device``.
         data: The test split.
         num_samples: K, importance samples per test point and subset (MoPoE used 12).
         batch_size: Test points per pass.
-        chunk: Samples per decoder call.
+        chunk: Samples per step (by default about :data:`LATENTS_PER_STEP` latents per step).
         device: Where batches are sent.
         seed: Seed for the draws (the global random state is left untouched); None uses it.
         progress: Show a progress bar (sample chunks, with ETA) on stderr.
@@ -202,6 +215,7 @@ def conditional_log_likelihoods(
     _check_sizes(num_samples, batch_size, chunk)
     subsets, keys, enumeration = likelihood_subsets(model.names, device=model.device)
     size = subsets.shape[0]
+    chunk = _auto_chunk(num_samples, size * batch_size) if chunk is None else chunk
     sums = torch.zeros(2, size, dtype=torch.float64, device=device)  # joint, conditional
     counts = torch.zeros(2, size, dtype=torch.float64, device=device)
     steps = data.num_batches(batch_size) * len(_chunks(num_samples, chunk))
