@@ -63,7 +63,7 @@ class TrainConfig:
     """Optimisation settings; stored in the run's ``config.json``."""
 
     epochs: int = 10
-    batch_size: int = 256
+    batch_size: int = 64
     lr: float = 1e-3
     seed: int = 0
     device: str = "auto"
