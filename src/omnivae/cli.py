@@ -546,7 +546,7 @@ def _next_commands(run_dir: Path, names: list[str], dataset_name: str) -> list[s
     import shlex
 
     run = shlex.quote(str(run_dir))
-    given = names[0]
+    given = names[-1]  # for the default run, the word: the grid then shows the digits generated from it
     lines = [
         f"omnivae evaluate {run}",
         f"omnivae sample {run} --given {given} --out {shlex.quote(str(run_dir / f'samples_given_{given}.png'))}",
