@@ -320,3 +320,9 @@ def test_results_of_an_earlier_model_state_are_not_merged():
     same = merge_results(earlier, {**new, "run": {"model sha256": "old"}}, ["recon"])
     assert same["metrics"] == ["probe", "recon"] and same["seconds"] == {"probe": 1.0, "recon": 2.0}
     assert same["probe"] == earlier["probe"]
+
+
+def test_an_eval_json_that_is_not_ours_is_replaced(run, capsys):
+    (run / "eval.json").write_text("[1, 2]")
+    assert main(["evaluate", str(run), "--metrics", "recon", "--no-figures", *EVAL, "--no-progress"]) == 0
+    assert json.loads((run / "eval.json").read_text())["metrics"] == ["recon"]

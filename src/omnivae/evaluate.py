@@ -340,6 +340,8 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     }
     results["run"] = header
     previous = read_eval(path)
+    if not isinstance(previous, dict) or not isinstance(previous.get("run", {}), dict):
+        previous = None  # not an eval.json this library wrote: replaced whole
     if previous and previous.get("run", {}).get("model sha256") not in (None, header["model sha256"]):
         print(f"{path / 'eval.json'} held results of an earlier state of the model; they are replaced",
               file=sys.stderr)
