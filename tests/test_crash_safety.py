@@ -17,6 +17,7 @@ import errno
 import json
 import os
 import random
+import select
 import shutil
 import signal
 import subprocess
@@ -54,12 +55,25 @@ from omnivae.cli import main  # torch and omnivae are imported once, here; every
 
 for line in sys.stdin:
     command = json.loads(line)
-    if "warm_up" in command:  # train once here, so that children import nothing more
-        saved = sys.stdout, sys.stderr
-        sys.stdout = sys.stderr = open(os.devnull, "w")
-        code = main(command["warm_up"])
-        sys.stdout, sys.stderr = saved
-        print(code, flush=True)
+    if "warm_up" in command:
+        # Import here every module a training imports (found by a child that trains once), so
+        # that children import nothing more; the zygote itself never computes, which is what
+        # makes forking it safe (no thread pool or lock of a computation is ever held).
+        pid = os.fork()
+        if pid == 0:
+            sys.stdout = sys.stderr = open(os.devnull, "w")
+            code = main(command["warm_up"])
+            with open(command["modules"], "w") as f:
+                json.dump(sorted(sys.modules), f)
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        import importlib
+        for name in json.load(open(command["modules"])):
+            try:
+                importlib.import_module(name)
+            except Exception:
+                pass
+        print(os.waitstatus_to_exitcode(status), flush=True)
     elif "argv" in command:
         pid = os.fork()
         if pid == 0:
@@ -99,10 +113,15 @@ class Zygote:
                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.logs: dict[int, Path] = {}
 
-    def _ask(self, command: dict) -> int:
+    def _ask(self, command: dict, timeout: float = 120.0) -> int:
         assert self.process.stdin is not None and self.process.stdout is not None
         self.process.stdin.write(json.dumps(command) + "\n")
         self.process.stdin.flush()
+        if not select.select([self.process.stdout], [], [], timeout)[0]:
+            for pid, log in self.logs.items():  # a child that hangs: end it, show what it printed
+                os.kill(pid, signal.SIGKILL)
+                raise AssertionError(f"process {pid} did not end within {timeout} s:\n{log.read_text()}")
+            raise AssertionError(f"the zygote did not answer {command} within {timeout} s")
         return int(self.process.stdout.readline())
 
     def start(self, argv: list[str], log: Path, save_delay: float = 0.0) -> int:
@@ -147,7 +166,7 @@ def scratch(tmp_path_factory):
 def zygote(tmp_path_factory, npz):
     where = tmp_path_factory.mktemp("zygote")
     z = Zygote(where)
-    assert z._ask({"warm_up": new_argv(npz, where / "warm-up", 1)}) == 0
+    assert z._ask({"warm_up": new_argv(npz, where / "warm-up", 1), "modules": str(where / "modules.json")}) == 0
     yield z
     z.close()
 
@@ -208,14 +227,23 @@ def test_sigkill_at_random_instants_never_loses_a_run(zygote, npz, reference, sc
     started = time.monotonic()
     tmp_path = scratch / "kills"
     tmp_path.mkdir()
-    while kills < 60:
+    while kills < 50:
         run = tmp_path / f"run{runs}"
-        delay = 0.004 if runs % 2 else 0.0  # five sleeps per save: about 20 ms inside each save
+        # Every other run sleeps between the files of a save (five sleeps: 50 ms per save, about
+        # half of its time) and is killed once training is under way, so that many kills land
+        # inside a save; the others are killed anywhere, start-up included.
+        delay = 0.01 if runs % 2 else 0.0
         argv = new_argv(npz, run)
         step = -1
         for attempt in range(5):
             pid = zygote.start(argv, tmp_path / "log", save_delay=delay)
-            time.sleep(rng.uniform(0.0, seconds * (1.0 if delay else 0.8)))
+            if delay:
+                deadline = time.monotonic() + 30
+                while not (run / CHECKPOINTS).exists() and time.monotonic() < deadline:
+                    time.sleep(0.001)
+                time.sleep(rng.uniform(0.0, 0.5))
+            else:
+                time.sleep(rng.uniform(0.0, seconds * 0.8))
             os.kill(pid, signal.SIGKILL)
             code, log = zygote.wait(pid)
             if code == 0:  # it finished before the kill
