@@ -152,8 +152,8 @@ def test_the_command_line_prints_one_line_and_exits_with_status_2(tmp_path, monk
 
     real_build = run_module.build_model
 
-    def poisoned_build(config, modalities):
-        model, objective = real_build(config, modalities)
+    def poisoned_build(config, modalities, *networks):
+        model, objective = real_build(config, modalities, *networks)
         return model, PoisonAt(objective, 6)  # epoch 2 (4 steps per epoch), step 2
 
     monkeypatch.setattr(run_module, "build_model", poisoned_build)
