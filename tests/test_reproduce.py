@@ -223,3 +223,11 @@ def test_presets_cite_their_sources_and_name_only_their_own_results():
                         assert cond.experiment in names
             for exp in preset.experiments:
                 assert exp.protocol
+
+
+def test_report_escapes_bars_inside_table_cells():
+    preset = get_preset("jnf", "cpu")
+    values = {("toy", "flow q(z | square)", "inside support"): [0.9], ("toy", "Gaussian q(z | square)", "inside support"): [0.5]}
+    text = reproduce_markdown(preset, values, {}, {"seeds": 3, "command": "x"})
+    assert "| flow q(z \\| square) | 0.900 |" in text
+    assert "1. **not reproduced**" in text and "4. **reproduced**" in text

@@ -155,7 +155,7 @@ def preset(scale: str) -> Preset:
             published=(_table("mnist-text", "mnist", "text"),),
             claims=_claims("mnist-text"),
             extras=(Extra("toy", _toy("circles-squares", 10), 1, {"cpu": 300.0, "gpu": 120.0},
-                          "Fig. 2 toy on circles-squares (40,000 pairs), 10 epochs per stage, 1 seed"),),
+                          "Fig. 2 toy on circles-squares (50,000 pairs, 40,000 for training), 10 epochs per stage, 1 seed"),),
             deviations=(
                 "mnist-text stands in for MNIST-SVHN (no SVHN offline): text plays SVHN's role",
                 "30 epochs of batch 64 and 10 of warm-up instead of 200 and 100; stage 2 and projectors 10 epochs",

@@ -24,7 +24,8 @@ def claim_verdicts(preset: Preset, values: Values) -> list[tuple[bool, list]]:
 
 
 def _row(cells: Sequence[str]) -> str:
-    return "| " + " | ".join(cells) + " |"
+    # A "|" inside a cell ("q(z | x)") would end it: markdown needs it escaped.
+    return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |"
 
 
 def reproduce_markdown(
