@@ -9,7 +9,16 @@ from __future__ import annotations
 
 
 class UserError(ValueError):
-    """A mistake in what the user asked for; the message says what is wrong and what to do."""
+    """A mistake in what the user asked for; the message says what is wrong and what to do.
+
+    Library code words its messages for Python callers: it names parameters
+    (``covariance='diag'``), never command-line flags. ``parameter`` names the parameter at
+    fault, when there is one, so that the command line can add the flag that sets it.
+    """
+
+    def __init__(self, message: str, *, parameter: str | None = None) -> None:
+        super().__init__(message)
+        self.parameter = parameter
 
 
 class DataError(UserError):
