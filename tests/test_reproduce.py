@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from omnivae.cli import main
+from omnivae.data.base import ModalitySpec
 from omnivae.reproduce import PAPERS, SCALES, get_preset, plan, reproduce
 from omnivae.reproduce.report import reproduce_markdown
 from omnivae.reproduce.spec import AboveAtEqual, Claim, Compare, Preset, Ref
@@ -43,9 +44,10 @@ def test_plan_counts_steps_seeds_and_hours():
     full = get_preset("jnf", "full").experiments[0]
     batches = math.ceil(full.train_size / full.batch_size)
     # JNF trains the joint VAE, then the unimodal flows; JNF-Shared first its projectors.
+    # The reference's "warmup 100" of 200 epochs: 100 of stage 1, then 100 of stage 2.
     assert full.steps_per_run("jmvae") == 200 * batches
-    assert full.steps_per_run("jnf") == 2 * 200 * batches
-    assert full.steps_per_run("jnf-cl") == 3 * 200 * batches
+    assert full.steps_per_run("jnf") == 2 * 100 * batches
+    assert full.steps_per_run("jnf-cl") == 3 * 100 * batches
     cpu_jnf = get_preset("jnf", "cpu").experiments[0]
     assert cpu_jnf.steps_per_run("jnf") == (30 + 10) * math.ceil(4000 / 64)
     # The full protocols are GPU-sized: far over a day on the CPU.
@@ -53,6 +55,33 @@ def test_plan_counts_steps_seeds_and_hours():
         text = plan(get_preset(paper, "full"))
         cpu_hours = float(text.split("total:")[1].split("expected ")[1].split(" h")[0])
         assert cpu_hours > 24
+
+
+@pytest.mark.parametrize("scale", ["cpu", "full"])
+def test_jnf_preset_anneals_the_kl_of_jmvae_only(scale):
+    """App. E.1 anneals JMVAE's KL; JNF's stage 1 is the plain beta-ELBO (its reference code
+    and MultiVae use "warmup" for stage 1's length). Issue 18's audit found the preset
+    annealing JNF's stage 1 as well."""
+    from omnivae.benchmark import options_for
+    from omnivae.models import ModelConfig, build_model
+    from omnivae.train import TrainConfig
+
+    exp = get_preset("jnf", scale).experiments[0]
+    assert exp.train_options("jmvae", "cpu", False)["warmup_epochs"] == (10.0 if scale == "cpu" else 100.0)
+    for model in ("jnf", "jnf-dcca", "jnf-cl"):
+        train_options = exp.train_options(model, "cpu", False)
+        assert train_options["warmup_epochs"] == 0.0
+        # What the trainer receives: no stage of the model is annealed.
+        config = TrainConfig(**train_options)
+        assert config.warmup_epochs == 0.0
+        options = options_for(model, exp.model_options(model))
+        assert options["options"]["stage2_epochs"] == (10 if scale == "cpu" else 100)
+        _, objective = build_model(ModelConfig(model=model, latent_dim=4, hidden=[8], **{
+            k: v for k, v in options.items() if k not in ("latent_dim", "hidden", "backbone")}),
+            [ModalitySpec("a", (3,), "vector"), ModalitySpec("b", (2,), "vector")])
+        stages = objective.stages(train_options["epochs"])
+        assert [s.name for s in stages][-2:] == ["joint VAE", "unimodal posteriors"]
+        assert stages[-2].epochs == train_options["epochs"] and stages[-1].epochs == options["options"]["stage2_epochs"]
 
 
 @pytest.mark.parametrize("argv", [
