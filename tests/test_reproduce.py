@@ -84,6 +84,25 @@ def test_jnf_preset_anneals_the_kl_of_jmvae_only(scale):
         assert stages[-2].epochs == train_options["epochs"] and stages[-1].epochs == options["options"]["stage2_epochs"]
 
 
+def test_jnf_preset_scores_joint_coherence_on_10000_prior_draws(tmp_path, monkeypatch):
+    """MultiVae's default, behind the paper's Table 1; the reproduce run passes it to the evaluation."""
+    import omnivae.benchmark as benchmark
+    import omnivae.reproduce as reproduce_module
+
+    assert all(e.joint_coherence_samples == 10_000 for s in SCALES for e in get_preset("jnf", s).experiments)
+    seen = []
+
+    def fake_benchmark(models, dataset, seeds, out, model_options, train_options, eval_options, **kwargs):
+        seen.append(eval_options.resolved().joint_coherence_samples)
+        return {}
+
+    monkeypatch.setattr(benchmark, "run_benchmark", fake_benchmark)
+    preset = dataclasses.replace(get_preset("jnf", "cpu"), extras=())
+    monkeypatch.setattr(reproduce_module, "collect_values", lambda *a: ({}, {}))
+    reproduce(preset, tmp_path, progress=False)
+    assert seen and set(seen) == {10_000}
+
+
 @pytest.mark.parametrize("argv", [
     ["reproduce", "nosuchpaper", "--dry-run"],
     ["reproduce", "jnf", "--scale", "huge", "--dry-run"],

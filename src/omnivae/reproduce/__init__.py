@@ -209,8 +209,8 @@ def reproduce(
         data_dir_here = data_dir if exp.uses_data_dir else None
         options = EvalOptions(
             metrics=exp.metrics, num_train=exp.num_train, classifier_epochs=exp.classifier_epochs,
-            num_importance_samples=exp.num_importance_samples, device=device, data_dir=data_dir_here,
-            figures=False, progress=progress,
+            num_importance_samples=exp.num_importance_samples, joint_coherence_samples=exp.joint_coherence_samples,
+            device=device, data_dir=data_dir_here, figures=False, progress=progress,
         )
         for model in exp.models:
             print(f"== {preset.paper} / {exp.name} / {model}", flush=True)

@@ -70,6 +70,8 @@ class Experiment:
     num_train: int | None = None
     classifier_epochs: int = 20
     num_importance_samples: int = 1000
+    joint_coherence_samples: int | None = None
+    """Prior draws of the joint coherence; None: the evaluation protocol's (``fast``: 1,000)."""
     uses_data_dir: bool = False
     step_seconds: Mapping[str, float] = field(default_factory=lambda: {"cpu": 0.05, "gpu": 0.01})
     eval_seconds: Mapping[str, float] = field(default_factory=lambda: {"cpu": 10.0, "gpu": 10.0})
