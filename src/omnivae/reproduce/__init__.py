@@ -85,7 +85,7 @@ def plan(preset: Preset, seeds: int | None = None) -> str:
             extra = f"; {json.dumps(settings)}" if settings else ""
             lines.append(f"  {model}: {exp.train_options(model, 'cpu', False)['epochs']} epochs, "
                          f"{steps:,} steps per run (all stages){extra}")
-        lines.append(f"  untrained reference: 1 run per model (0 epochs, seed 0), evaluated only")
+        lines.append("  untrained reference: 1 run per model (0 epochs, seed 0), evaluated only")
         lines.append(f"  expected: {cpu:.2f} h on 2 CPU threads, {gpu:.2f} h on one GPU")
     for extra in preset.extras:
         cpu, gpu = extra.seconds["cpu"] * extra.seeds / 3600, extra.seconds["gpu"] * extra.seeds / 3600
