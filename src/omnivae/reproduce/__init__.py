@@ -82,9 +82,9 @@ def plan(preset: Preset, seeds: int | None = None) -> str:
         for model in exp.models:
             steps = exp.steps_per_run(model)
             settings = {**exp.model_settings.get(model, {}), **exp.train_settings.get(model, {})}
-            extra = f"; {json.dumps(settings)}" if settings else ""
+            own = f"; {json.dumps(settings)}" if settings else ""
             lines.append(f"  {model}: {exp.train_options(model, 'cpu', False)['epochs']} epochs, "
-                         f"{steps:,} steps per run (all stages){extra}")
+                         f"{steps:,} steps per run (all stages){own}")
         lines.append("  untrained reference: 1 run per model (0 epochs, seed 0), evaluated only")
         lines.append(f"  expected: {cpu:.2f} h on 2 CPU threads, {gpu:.2f} h on one GPU")
     for extra in preset.extras:
