@@ -919,7 +919,7 @@ def test_an_os_error_anywhere_is_one_line_unless_it_is_a_fault(code: str, capsys
     def fail(args):
         raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), "/data/x.npz")
 
-    monkeypatch.setattr("omnivae.cli.cmd_models", fail)
+    monkeypatch.setattr("omnivae.cli.listings.cmd_models", fail)
     if code == "EIO":
         with pytest.raises(OSError):
             main(["models"])

@@ -233,7 +233,8 @@ def test_evaluate_reports_hmc_statistics_of_a_jnf_run_and_none_for_closed_form_m
 
 # -- protocols, progress and merging (issue 17) ---------------------------------------------
 def test_protocol_paper_resolves_to_the_published_settings_and_flags_override_it():
-    from omnivae.cli import _eval_options, build_parser
+    from omnivae.cli import build_parser
+    from omnivae.cli.evaluate import eval_options as _eval_options
     from omnivae.evaluate import ALL, PROTOCOLS
 
     def resolved(*argv):

@@ -208,7 +208,7 @@ class LoadedRun:
 
 
 def load_run(
-    run_dir: str | Path,
+    run_dir: str | os.PathLike[str],
     device: str | torch.device = "cpu",
     encoders: Mapping[str, torch.nn.Module] | None = None,
     decoders: Mapping[str, torch.nn.Module] | None = None,
