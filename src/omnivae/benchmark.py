@@ -101,10 +101,10 @@ def run_benchmark(
         if name not in MODELS:
             raise unknown_name("model", name, list(MODELS))
     if seeds < 1:
-        raise UserError(f"--seeds must be >= 1, got {seeds}")
+        raise UserError(f"seeds must be >= 1, got {seeds}", parameter="seeds")
     eval_options.validate()
     if betas is not None and (not betas or any(not (b >= 0 and math.isfinite(b)) for b in betas)):
-        raise UserError(f"--betas must be finite numbers >= 0, got {list(betas) if betas else betas}")
+        raise UserError(f"betas must be finite numbers >= 0, got {list(betas) if betas else betas}", parameter="betas")
     data = load_dataset(dataset, data_dir=data_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

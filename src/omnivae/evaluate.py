@@ -71,15 +71,7 @@ METRIC_SETTINGS: dict[str, tuple[str, ...]] = {
     "fd": ("num_test", "classifier_epochs", "classifier_batch_size"),
     "recon": ("num_test",),
 }
-_FLAGS = {
-    "num_test": "--num-test",
-    "likelihood_num_test": "--likelihood-num-test",
-    "num_importance_samples": "--num-importance-samples",
-    "num_train": "--num-train",
-    "classifier_epochs": "--classifier-epochs",
-    "classifier_batch_size": "the classifier batch size",
-    "joint_coherence_samples": "--joint-coherence-samples",
-}
+
 
 
 @dataclass
@@ -130,25 +122,25 @@ class EvalOptions:
             raise unknown_name("protocol", self.protocol, PROTOCOL_NAMES)
         if self.num_importance_samples is not None and self.num_importance_samples < 1:
             raise UserError(
-                "the number of importance samples K (--num-importance-samples) must be >= 1, "
-                f"got {self.num_importance_samples}"
+                "the number of importance samples K (num_importance_samples) must be >= 1, "
+                f"got {self.num_importance_samples}", parameter="num_importance_samples"
             )
         if self.batch_size < 1:
-            raise UserError(f"--eval-batch-size must be >= 1, got {self.batch_size}")
+            raise UserError(f"batch_size must be >= 1, got {self.batch_size}", parameter="batch_size")
         if self.likelihood_batch_size < 1:
-            raise UserError(f"the likelihood batch size must be >= 1, got {self.likelihood_batch_size}")
+            raise UserError(f"likelihood_batch_size must be >= 1, got {self.likelihood_batch_size}", parameter="likelihood_batch_size")
         for key in ("num_test", "likelihood_num_test", "num_train"):
             value = getattr(self, key)
             if value is not None and value != ALL and not (isinstance(value, int) and value >= 1):
-                raise UserError(f"{_FLAGS[key]} must be a number of rows >= 1 or 'all', got {value}")
+                raise UserError(f"{key} must be a number of rows >= 1 or 'all', got {value}", parameter=key)
         for key in ("classifier_epochs", "classifier_batch_size", "joint_coherence_samples"):
             value = getattr(self, key)
             if value is not None and value < 1:
-                raise UserError(f"{_FLAGS[key]} must be >= 1, got {value}")
+                raise UserError(f"{key} must be >= 1, got {value}", parameter=key)
         if self.inception is not None and not Path(self.inception).expanduser().is_file():
             raise UserError(
-                f"--inception {self.inception}: no such file; pass a TorchScript or safetensors "
-                "InceptionV3 file you have, or leave it out to use the classifier features"
+                f"inception {self.inception}: no such file; pass a TorchScript or safetensors "
+                "InceptionV3 file you have, or leave it out to use the classifier features", parameter="inception"
             )
 
 
@@ -158,7 +150,7 @@ def parse_metrics(text: str | None) -> tuple[str, ...]:
         return METRICS
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     if not names:
-        raise UserError(f"--metrics is empty; choose from {', '.join(METRICS)}")
+        raise UserError(f"metrics is empty; choose from {', '.join(METRICS)}", parameter="metrics")
     for name in names:
         if name not in METRICS:
             raise unknown_name("metric", name, METRICS)
@@ -236,10 +228,10 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     labelled = [name for name in options.metrics if name in NEEDS_LABELS]
     if labelled and (data.test.labels is None or data.train.labels is None):
         rest = [name for name in options.metrics if name not in NEEDS_LABELS]
-        fix = f"or evaluate with --metrics {','.join(rest)}" if rest else "or pick metrics that need none (likelihood, recon)"
+        fix = f"or evaluate with metrics={','.join(rest)!r}" if rest else "or pick metrics that need none (likelihood, recon)"
         raise DataError(
             f"the {', '.join(labelled)} metric{'s need' if len(labelled) > 1 else ' needs'} labels, and dataset "
-            f"{run.dataset_name!r} has none; add labels to the data {fix}"
+            f"{run.dataset_name!r} has none; add labels to the data {fix}", parameter="metrics"
         )
     for name in labelled:
         require_labels(data.test, name)

@@ -30,7 +30,7 @@ from omnivae.train.trainer import TrainingInterrupted
 __all__ = ["build_parser", "entry_point", "main"]
 
 #: Per command, the library parameters whose flag's ``dest`` has another name.
-DESTS: Mapping[str, Mapping[str, str]] = {"evaluate": evaluate.DESTS, "impute": impute.DESTS}
+DESTS: Mapping[str, Mapping[str, str]] = {"evaluate": evaluate.DESTS, "impute": impute.DESTS, "train": train.DESTS}
 
 
 def build_parser() -> argparse.ArgumentParser:

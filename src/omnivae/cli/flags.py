@@ -74,8 +74,10 @@ def flag_for(
     for action in sub._actions:
         if action.dest == dest and action.option_strings:
             option = max(action.option_strings, key=len)
-            takes_value = action.nargs != 0
-            return f"{option} {value}" if takes_value and value is not None else option
+            # A flag that takes a value shows the one proposed, unless it is a Python bool
+            # (resume=True stands for "--resume RUN").
+            takes_value = action.nargs != 0 and value not in (None, "True", "False")
+            return f"{option} {value}" if takes_value else option
     if any(action.dest == "set_options" for action in sub._actions) and _is_recipe_option(parameter):
         return f"--set {parameter}={value if value is not None else '...'}"
     return None

@@ -14,6 +14,9 @@ from omnivae.train.options import DEFAULT_MODEL, DEFAULT_TRAIN_DATASET
 
 __all__ = ["add_train", "cmd_train", "next_commands"]
 
+#: The library's parameters whose flag has another name.
+DESTS = {"run_dir": "out"}
+
 
 def add_train(sub: argparse._SubParsersAction[Parser]) -> None:
     p = sub.add_parser(

@@ -121,7 +121,7 @@ _MNIST_NEEDS = (
     f"the MNIST idx files {', '.join(IDX_FILES.values())} (optionally .gz; from {MNIST_URL})"
 )
 _SVHN_NEEDS = f"the SVHN files {', '.join(SVHN_FILES.values())} (from {SVHN_URL})"
-_WHERE = "in --data-dir or its MNIST/, mnist/, MNIST/raw/, SVHN/ or svhn/ subfolders"
+_WHERE = "in data_dir or its MNIST/, mnist/, MNIST/raw/, SVHN/ or svhn/ subfolders"
 
 
 def find_mnist_files(data_dir: str | os.PathLike[str]) -> Path | None:
@@ -157,12 +157,10 @@ def read_mnist(folder: str | os.PathLike[str], split: str) -> tuple[np.ndarray, 
     if images.shape[1:] != (28, 28):
         raise DataError(
             f"the MNIST {split} images in {str(folder)!r} are {images.shape[1:]}, expected 28x28; "
-            f"mnist-svhn needs {_MNIST_NEEDS}"
-        )
+            f"mnist-svhn needs {_MNIST_NEEDS}", parameter="data_dir")
     if len(labels) and (labels.min() < 0 or labels.max() > 9):
         raise DataError(
-            f"the MNIST {split} labels in {str(folder)!r} leave 0..9; mnist-svhn needs {_MNIST_NEEDS}"
-        )
+            f"the MNIST {split} labels in {str(folder)!r} leave 0..9; mnist-svhn needs {_MNIST_NEEDS}", parameter="data_dir")
     return images, labels
 
 
@@ -319,8 +317,8 @@ def _locate(data_dir: str | os.PathLike[str] | None, name: str) -> tuple[Path, d
     """The MNIST folder and SVHN files under ``data_dir``, or one DataError naming all
     that is missing."""
     if data_dir is None or not Path(data_dir).is_dir():
-        where = "no --data-dir was given" if data_dir is None else f"{str(data_dir)!r} is not a folder"
-        raise DataError(f"{name} needs {_MNIST_NEEDS} and {_SVHN_NEEDS} {_WHERE}; {where}")
+        where = "no data_dir was given" if data_dir is None else f"{str(data_dir)!r} is not a folder"
+        raise DataError(f"{name} needs {_MNIST_NEEDS} and {_SVHN_NEEDS} {_WHERE}; {where}", parameter="data_dir")
     mnist_folder = find_mnist_files(data_dir)
     svhn = {split: find_svhn_file(data_dir, split) for split in SVHN_FILES}
     missing = [] if mnist_folder is not None else [_MNIST_NEEDS]
@@ -328,7 +326,7 @@ def _locate(data_dir: str | os.PathLike[str] | None, name: str) -> tuple[Path, d
     if lacking:
         missing.append(f"the SVHN files {', '.join(lacking)} (from {SVHN_URL})")
     if missing:
-        raise DataError(f"{name} cannot find {' and '.join(missing)} {_WHERE} ({str(data_dir)!r})")
+        raise DataError(f"{name} cannot find {' and '.join(missing)} {_WHERE} ({str(data_dir)!r})", parameter="data_dir")
     assert mnist_folder is not None
     return mnist_folder, {s: p for s, p in svhn.items() if p is not None}
 

@@ -492,7 +492,7 @@ def _make_splits(arrays: dict[str, np.ndarray], name: str, label_names: list[str
 def _data_root(data_dir: str | os.PathLike[str]) -> Path:
     root = Path(data_dir).expanduser()
     if not root.is_dir():
-        raise DataError(f"--data-dir {str(root)!r} is not a folder")
+        raise DataError(f"data_dir {str(root)!r} is not a folder", parameter="data_dir")
     return root
 
 
@@ -558,11 +558,11 @@ def load_polymnist(data_dir: str | os.PathLike[str] | None = None, seed: int = 0
         return _make_splits(polymnist_arrays(), "polymnist", LABEL_NAMES)
     root = _data_root(data_dir)
     missing = (
-        f"{str(root)!r} holds no PolyMNIST files; --data-dir takes the PNG layout "
+        f"{str(root)!r} holds no PolyMNIST files; data_dir takes the PNG layout "
         "{train,test}/m{k}/{i}.{digit}.png, the tensor layout {train,test}/m{k}.pt with "
         f"labels.pt (the Zenodo archive {ZENODO_URL}; either also inside MMNIST/ or PolyMNIST/), "
         f"or the standard MNIST idx files ({_IDX_NAMES}) for the full 60,000/10,000 build; "
-        "without --data-dir polymnist is built offline"
+        "without data_dir polymnist is built offline"
     )
     arrays = _read_files(
         [root, root / "MMNIST", root / "PolyMNIST"], [root, root / "MNIST" / "raw"], "polymnist", None, True, missing
@@ -613,10 +613,10 @@ def load_translated_polymnist(
     root = _data_root(data_dir)
     folder = f"Translated_MMNIST_scale_{int(scale * 100)}_translated_{translate}"
     missing = (
-        f"{str(root)!r} holds no Translated PolyMNIST files; --data-dir takes MultiVae's PNG layout "
+        f"{str(root)!r} holds no Translated PolyMNIST files; data_dir takes MultiVae's PNG layout "
         f"{folder}/{{train,test}}/m{{k}}/{{i}}.{{digit}}.png (or {{train,test}}/m{{k}}/ directly), "
         f"or the standard MNIST idx files ({_IDX_NAMES}) for the full 60,000/10,000 build; "
-        f"without --data-dir {name} is built offline"
+        f"without data_dir {name} is built offline"
     )
     arrays = _read_files(
         [root / folder, root], [root, root / "MNIST" / "raw"], "translated-polymnist", scale, translate, missing
@@ -652,16 +652,14 @@ def load_polyfashion(data_dir: str | os.PathLike[str] | None = None, seed: int =
         folder = _first_idx_folder([root, root / "FashionMNIST" / "raw"])
         if folder is None:
             raise DataError(
-                f"{str(root)!r} lacks the Fashion-MNIST idx files; polyfashion's --data-dir needs "
-                f"{_IDX_NAMES} (Debian's dataset-fashion-mnist installs them in {FASHION_MNIST_DIR})"
-            )
+                f"{str(root)!r} lacks the Fashion-MNIST idx files; polyfashion's data_dir needs "
+                f"{_IDX_NAMES} (Debian's dataset-fashion-mnist installs them in {FASHION_MNIST_DIR})", parameter="data_dir")
     else:
         folder = _first_idx_folder([FASHION_MNIST_DIR])
         if folder is None:
             raise DataError(
                 "polyfashion needs Debian's dataset-fashion-mnist (apt install dataset-fashion-mnist) "
-                "or --data-dir with the Fashion-MNIST idx files"
-            )
+                "or data_dir with the Fashion-MNIST idx files", parameter="data_dir")
     arrays = _cached_idx_build("polyfashion", folder, lambda: build_from_idx(folder))
     return _make_splits(arrays, "polyfashion", FASHION_LABEL_NAMES)
 

@@ -62,7 +62,8 @@ def eval_batches(data: MultimodalDataset, batch_size: int, device: torch.device 
 def require_labels(data: MultimodalDataset, metric: str) -> Tensor:
     """The labels, or a clear error naming the metric that needs them."""
     if data.labels is None:
-        raise DataError(f"the {metric} metric needs labels, and dataset {data.name!r} has none; drop it from --metrics")
+        raise DataError(f"the {metric} metric needs labels, and dataset {data.name!r} has none; drop it from metrics",
+                        parameter="metrics")
     return data.labels
 
 

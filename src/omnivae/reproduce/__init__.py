@@ -38,7 +38,9 @@ def get_preset(paper: str, scale: str) -> Preset:
     if paper not in PAPERS:
         raise unknown_name("paper", paper, list(PAPERS))
     if scale not in SCALES:
-        raise unknown_name("--scale", scale, SCALES)
+        error = unknown_name("scale", scale, SCALES)
+        error.parameter = "scale"
+        raise error
     return PAPERS[paper](scale)
 
 
@@ -165,8 +167,9 @@ def _check_data(preset: Preset, data_dir: str | None) -> None:
         needs = f" ({info.needs})" if info.needs else ""
         raise UserError(
             f"reproduce {preset.paper} --scale {preset.scale} needs the dataset {exp.dataset}, which is not "
-            f"available here{needs}; give its files with --data-dir"
-            + ("" if preset.scale == "full" else ", or use another paper's preset")
+            f"available here{needs}; give its files with data_dir"
+            + ("" if preset.scale == "full" else ", or use another paper's preset"),
+            parameter="data_dir",
         )
 
 
@@ -193,7 +196,7 @@ def reproduce(
 
     seeds = preset.seeds if seeds is None else seeds
     if seeds < 1:
-        raise UserError(f"--seeds must be >= 1, got {seeds}")
+        raise UserError(f"seeds must be >= 1, got {seeds}", parameter="seeds")
     _check_data(preset, data_dir)
     # Every setting is checked before anything is written.
     for exp in preset.experiments:

@@ -241,8 +241,8 @@ def setup(device: torch.device) -> Distributed | None:
     if device.type == "cuda":
         if device.index is not None:
             raise UserError(
-                f"--device {device} under torchrun: each process uses the GPU cuda:LOCAL_RANK; "
-                "give --device cuda (choose the GPUs with CUDA_VISIBLE_DEVICES)"
+                f"device {device} under torchrun: each process uses the GPU cuda:LOCAL_RANK; "
+                "give device='cuda' (choose the GPUs with CUDA_VISIBLE_DEVICES)", parameter="device"
             )
         if local >= torch.cuda.device_count():
             raise UserError(

@@ -86,30 +86,32 @@ def check_writable_run(run_dir: Path, resume: bool, overwrite: bool = False, loc
         raise busy_error(run_dir, holder)
     if resume:
         if overwrite:
-            raise UserError("give either --resume (continue the run) or --overwrite (start it again), not both")
+            raise UserError("give either resume=True (continue the run) or overwrite=True (start it again), not both",
+                            parameter="overwrite")
         check_run_dir(run_dir)
         if published_checkpoint(run_dir) is None:
             raise no_checkpoint_error(run_dir)
         return
     if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"{run_dir} is a file, not a folder; pick another --out")
+        raise UserError(f"{run_dir} is a file, not a folder; pick another run_dir", parameter="run_dir")
     if run_dir_is_empty(run_dir):
         return
     is_run = (run_dir / "config.json").is_file()
     if overwrite:
         if not is_run:
             raise UserError(
-                f"--overwrite refused: {run_dir} holds files but is not an omnivae run (no config.json); "
-                "it is not deleted, pick another --out"
+                f"overwrite refused: {run_dir} holds files but is not an omnivae run (no config.json); "
+                "it is not deleted, pick another run_dir", parameter="overwrite"
             )
         check_run_dir(run_dir)  # a foreign config.json is not deleted either
         return
     if is_run and published_checkpoint(run_dir) is None:
         raise UserError(
-            f"{run_dir} holds a run that stopped before its first checkpoint; start it again with --overwrite "
-            "(it replaces that run), or pick another --out"
+            f"{run_dir} holds a run that stopped before its first checkpoint; start it again with overwrite=True "
+            "(it replaces that run), or pick another run_dir", parameter="overwrite"
         )
-    raise UserError(f"{run_dir} already exists and is not empty; pick another --out or continue it with --resume {run_dir}")
+    raise UserError(f"{run_dir} already exists and is not empty; pick another run_dir or continue it with resume=True",
+                    parameter="resume")
 
 
 def train(
@@ -166,7 +168,8 @@ def train(
         if saved is not None and saved != fingerprint and not allow_data_change:
             raise UserError(
                 f"the training data differ from the data {run_dir} was trained on (its fingerprint changed); "
-                "resume it on its own data, or pass --allow-data-change to continue on these"
+                "resume it on its own data, or pass allow_data_change=True to continue on these",
+                parameter="allow_data_change",
             )
     trainer = Trainer(model, objective, data.train, train_config, run_dir, data.test, run_config)
     loaded = None
