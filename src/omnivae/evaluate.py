@@ -23,9 +23,10 @@ from omnivae.data.base import MultimodalDataset
 from omnivae.errors import DataError, UserError, unknown_name
 from omnivae.metrics.common import all_subsets
 from omnivae.report import evaluation_markdown, latent_map, metric_curves, sample_grid
-from omnivae.report.figures import chance_levels, row_titles, stratified_rows
+from omnivae.report.rows import chance_levels, row_titles, stratified_rows
 from omnivae.train import load_run, resolve_device
-from omnivae.train.checkpoint import atomic_write_bytes, atomic_write_json
+from omnivae.fileio import atomic_write_bytes
+from omnivae.train.checkpoint import atomic_write_json
 
 __all__ = ["METRICS", "PROTOCOLS", "ALL", "EvalOptions", "evaluate_run", "merge_results", "draw_samples"]
 

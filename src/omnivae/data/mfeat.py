@@ -40,7 +40,7 @@ import torch
 
 from omnivae.data.base import DatasetSplits, ModalitySpec, MultimodalDataset
 from omnivae.data.cache import cached_npz
-from omnivae.data.polymnist import split_instances
+from omnivae.data.polymnist_build import split_instances
 from omnivae.data.registry import DatasetInfo, describe_modalities
 from omnivae.errors import DataError
 

@@ -192,7 +192,7 @@ def reproduce(
     from omnivae.evaluate import EvalOptions
     from omnivae.models import ModelConfig
     from omnivae.train import TrainConfig
-    from omnivae.train.checkpoint import atomic_write_bytes
+    from omnivae.fileio import atomic_write_bytes
 
     seeds = preset.seeds if seeds is None else seeds
     if seeds < 1:
