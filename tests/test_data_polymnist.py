@@ -375,7 +375,7 @@ def test_missing_files_error_names_every_layout(tmp_path: Path) -> None:
     message = str(error.value)
     assert "\n" not in message
     for needed in ("{train,test}/m{k}/{i}.{digit}.png", "m{k}.pt", "labels.pt", "zenodo.org/record/4899160",
-                   "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "without --data-dir"):
+                   "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "without data_dir"):
         assert needed in message
     with pytest.raises(DataError, match="not a folder"):
         load_polymnist(tmp_path / "nowhere")
@@ -550,7 +550,7 @@ def test_polyfashion_errors_name_the_debian_package(tmp_path: Path, monkeypatch:
         load_polyfashion()
     assert str(error.value) == (
         "polyfashion needs Debian's dataset-fashion-mnist (apt install dataset-fashion-mnist) "
-        "or --data-dir with the Fashion-MNIST idx files"
+        "or data_dir with the Fashion-MNIST idx files"
     )
     with pytest.raises(DataError, match=r"lacks the Fashion-MNIST idx files.*train-images-idx3-ubyte"):
         load_polyfashion(tmp_path)

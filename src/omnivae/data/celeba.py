@@ -236,7 +236,7 @@ def attribute_texts(
     clean = [name.replace("_", " ").lower() for name in names]
     joined = []
     for row in (values == 1).tolist():
-        present = [name for name, on in zip(clean, row) if on]
+        present = [name for name, on in zip(clean, row, strict=False) if on]
         text = ", ".join(present)
         while len(text) > length:
             present.pop()
@@ -246,7 +246,7 @@ def attribute_texts(
     # One draw per face, all at once: integers(0, high) has an exclusive upper bound.
     high = np.maximum(length - 1 - lengths, 1)
     starts = np.where(lengths < length - 1, np.random.default_rng(seed).integers(0, high), 0)
-    return [("*" * int(start) + text).ljust(length, "*") for start, text in zip(starts.tolist(), joined)]
+    return [("*" * int(start) + text).ljust(length, "*") for start, text in zip(starts.tolist(), joined, strict=False)]
 
 
 def write_attribute_text_csv(
@@ -274,7 +274,7 @@ def write_attribute_text_csv(
         with open(tmp, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["image_id", "text"])
-            writer.writerows(zip(ids, texts))
+            writer.writerows(zip(ids, texts, strict=False))
 
     atomic_write(out, write)
     return out
@@ -386,7 +386,7 @@ def _texts(folder: Path, ids: list[str], names: list[str], values: np.ndarray) -
         )
         return attribute_texts(names, values, TEXT_SEED)
     text_ids, texts = read_celeba_texts(path)
-    by_id = dict(zip(text_ids, texts))
+    by_id = dict(zip(text_ids, texts, strict=False))
     missing = [image_id for image_id in ids if image_id not in by_id]
     if missing:
         raise DataError(

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from omnivae.data.base import DatasetSplits, ModalitySpec, MultimodalDataset
+from omnivae.data.base import DatasetSplits, ModalityKind, ModalitySpec, MultimodalDataset
 from omnivae.data.registry import DatasetInfo, describe_modalities
 from omnivae.errors import DataError
 
@@ -139,7 +139,7 @@ def mhd_audio_layout(audio: Tensor) -> Tensor:
     return stacked.transpose(1, 2).unsqueeze(1).to(torch.float32).contiguous()
 
 
-def _image(image: Tensor, path: Path) -> tuple[Tensor, str]:
+def _image(image: Tensor, path: Path) -> tuple[Tensor, ModalityKind]:
     if image.dim() == 3:
         image = image.unsqueeze(1)
     if image.dim() != 4:

@@ -191,7 +191,7 @@ def pair_count(
         >>> pair_count(MNIST_CLASS_COUNTS["train"], SVHN_CLASS_COUNTS["train"])
         1121360
     """
-    return multiplication * sum(min(a, b, max_per_class) for a, b in zip(mnist_counts, svhn_counts))
+    return multiplication * sum(min(a, b, max_per_class) for a, b in zip(mnist_counts, svhn_counts, strict=False))
 
 
 def digit_text_indices(

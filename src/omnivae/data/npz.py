@@ -122,11 +122,13 @@ def _npy_header(archive: np.lib.npyio.NpzFile, key: str, path: Path) -> tuple[in
     from a member's ``.npy`` header, read without reading (or inflating) the data, so that
     a header claiming terabytes, a zip bomb or a member cut short is reported before
     numpy allocates (or mistakes the short read for something else)."""
-    member = key if key in archive.zip.namelist() else f"{key}.npy"
+    archive_zip = archive.zip
+    assert archive_zip is not None  # an NpzFile opened from a file
+    member = key if key in archive_zip.namelist() else f"{key}.npy"
     damaged = f"{path}: array {key!r} is truncated or damaged"
     try:
-        info = archive.zip.getinfo(member)
-        with archive.zip.open(member) as handle:
+        info = archive_zip.getinfo(member)
+        with archive_zip.open(member) as handle:
             version = np.lib.format.read_magic(handle)
             if version == (1, 0):
                 shape, _, dtype = np.lib.format.read_array_header_1_0(handle)

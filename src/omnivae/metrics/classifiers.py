@@ -23,6 +23,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -118,7 +119,7 @@ class ModalityClassifiers:
     num_classes: int
     multilabel: bool = False
 
-    def to(self, device: torch.device | str) -> "ModalityClassifiers":
+    def to(self, device: torch.device | str) -> ModalityClassifiers:
         """Move every classifier to ``device`` (in place) and return self."""
         for net in self.models.values():
             net.to(device)
@@ -130,7 +131,7 @@ class ModalityClassifiers:
             param = next(net.parameters(), None)
             if param is not None:
                 x = x.to(param.device)
-            return net.features(x) if features else net(x)
+            return cast(Any, net).features(x) if features else net(x)
 
     def scores(self, name: str, x: Tensor) -> Tensor:
         """Class probabilities ``[B, classes]`` (independent sigmoids when multi-label)."""
@@ -199,6 +200,7 @@ def train_classifiers(
             for batch in train.batches(batch_size, shuffle=True, generator=generator):
                 batch = batch.to(device)
                 y = batch.labels
+                assert y is not None  # require_labels checked the data
                 loss = torch.zeros((), device=device)
                 for name, net in models.items():
                     keep = batch.mask[name]

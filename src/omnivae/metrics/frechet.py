@@ -27,9 +27,15 @@ from omnivae.data.base import MultimodalDataset
 from omnivae.errors import UserError
 from omnivae.functional import psd_sqrt
 from omnivae.metrics.classifiers import ModalityClassifiers
-from omnivae.metrics.common import evaluating, seeded
 from omnivae.metrics.coherence import conditioned_rows, subset_targets
-from omnivae.metrics.common import all_subsets, eval_batches, mean_by_size, progress_bar
+from omnivae.metrics.common import (
+    all_subsets,
+    eval_batches,
+    evaluating,
+    mean_by_size,
+    progress_bar,
+    seeded,
+)
 from omnivae.models import MultimodalVAE
 
 __all__ = ["frechet_distance", "RunningMoments", "generation_frechet", "load_inception_features"]
@@ -97,34 +103,37 @@ class RunningMoments:
             self.count = torch.zeros(x.shape[:-2], dtype=torch.float64, device=x.device)
             self.total = torch.zeros_like(self.shift)
             self.outer = torch.zeros(*x.shape[:-2], x.shape[-1], x.shape[-1], dtype=torch.float64, device=x.device)
-        x = x - self.shift.unsqueeze(-2)
+        shift, count, total, outer = self._moments()
+        x = x - shift.unsqueeze(-2)
         if mask is None:
             weighted = x
-            self.count += x.shape[-2]
+            count += x.shape[-2]
         else:
             weights = mask.to(x.device, torch.float64).unsqueeze(-1)
             weighted = x * weights
-            self.count += weights.sum((-2, -1))
-        self.total += weighted.sum(-2)
-        self.outer += weighted.transpose(-1, -2) @ x
+            count += weights.sum((-2, -1))
+        total += weighted.sum(-2)
+        outer += weighted.transpose(-1, -2) @ x
 
-    def _check(self) -> None:
-        if self.count is None:
+    def _moments(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(shift, count, total, outer)``, updated in place by :meth:`update`."""
+        if self.shift is None or self.count is None or self.total is None or self.outer is None:
             raise ValueError("RunningMoments has seen no features")
+        return self.shift, self.count, self.total, self.outer
 
     @property
     def mean(self) -> Tensor:
         """The mean ``[*K, F]``."""
-        self._check()
-        return self.shift + self.total / self.count.unsqueeze(-1)
+        shift, count, total, _ = self._moments()
+        return shift + total / count.unsqueeze(-1)
 
     @property
     def covariance(self) -> Tensor:
         """The unbiased covariance ``[*K, F, F]`` (``numpy.cov`` with ``ddof=1``)."""
-        self._check()
-        centred = self.total / self.count.unsqueeze(-1)
-        count = self.count[..., None, None]
-        return (self.outer - count * centred.unsqueeze(-1) * centred.unsqueeze(-2)) / (count - 1)
+        _, counts, total, outer = self._moments()
+        centred = total / counts.unsqueeze(-1)
+        count = counts[..., None, None]
+        return (outer - count * centred.unsqueeze(-1) * centred.unsqueeze(-2)) / (count - 1)
 
 
 def _classifier_features(classifiers: ModalityClassifiers) -> FeatureFn:
@@ -220,7 +229,8 @@ def generation_frechet(
 
     result: dict = {"unconditional": {}, "conditional": {}}
     for name in chosen:
-        if real[name].count is None or float(real[name].count) < 2:
+        seen = real[name].count
+        if seen is None or float(seen) < 2:
             continue
         mu, cov = real[name].mean, real[name].covariance
         result["unconditional"][name] = frechet_distance(mu, cov, prior[name].mean, prior[name].covariance)
@@ -229,7 +239,7 @@ def generation_frechet(
         moments = conditional[name]
         gen_mu, gen_cov = moments.mean, moments.covariance
         for row, s in enumerate(generators[names.index(name)].tolist()):
-            if float(moments.count[row]) < 2:
+            if moments.count is None or float(moments.count[row]) < 2:
                 continue
             distance = frechet_distance(mu, cov, gen_mu[row], gen_cov[row])
             result["conditional"].setdefault(keys[s], {})[name] = distance

@@ -13,6 +13,7 @@ import math
 import textwrap
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import matplotlib
 
@@ -86,7 +87,8 @@ def class_colors(count: int) -> np.ndarray:
     """``count`` distinct RGBA colours ``[count, 4]``: tab10 up to 10 classes, tab20 up to
     20, evenly spaced samples of a continuous map beyond (no colour is used twice)."""
     if count <= 20:
-        return matplotlib.colors.to_rgba_array(plt.get_cmap("tab10" if count <= 10 else "tab20").colors[:count])
+        listed: Any = plt.get_cmap("tab10" if count <= 10 else "tab20")  # a ListedColormap
+        return matplotlib.colors.to_rgba_array(listed.colors[:count])
     return np.asarray(plt.get_cmap("turbo")(np.linspace(0.03, 0.97, count)), dtype=float)
 
 
@@ -118,7 +120,7 @@ def decode_text(value: Tensor) -> str:
     value = value.detach().float().cpu()
     best = value.argmax(-1).tolist()
     present = (value.max(-1).values > 0).tolist()
-    return "".join(ALPHABET[i] for i, keep in zip(best, present) if keep).replace("\n", " ")
+    return "".join(ALPHABET[i] for i, keep in zip(best, present, strict=False) if keep).replace("\n", " ")
 
 
 _Column = tuple[str, Tensor, ModalitySpec, Tensor | None]  # title, values [B, *shape], spec, observed [B]
@@ -188,7 +190,7 @@ def _draw_cell(ax: plt.Axes, value: Tensor, spec: ModalitySpec, limits: tuple[fl
         ax.plot(positions, value.numpy(), linewidth=0.8, color=_VECTOR_LINE)
     ax.set_xlim(-0.6 if style == "bars" else 0, positions[-1] + (0.6 if style == "bars" else 0))
     ax.set_ylim(low, high)
-    if low is not None and low < 0 < high:
+    if low is not None and high is not None and low < 0 < high:
         ax.axhline(0, color="0.75", linewidth=0.5, zorder=0)
     if show_scale:
         ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(3))
@@ -292,7 +294,7 @@ def sample_grid(
 def _mean_and_std(value: float | Sequence[float]) -> tuple[float, float]:
     if isinstance(value, (tuple, list)):
         return float(value[0]), float(value[1])
-    return float(value), 0.0
+    return float(cast(float, value)), 0.0
 
 
 def metric_curves(
@@ -323,10 +325,10 @@ def metric_curves(
     chance = dict(chance or {})
     bounded = set(unit_interval) if unit_interval is not None else {PROBE_CURVE, COHERENCE_CURVE, *chance}
     models = list(dict.fromkeys(model for m in metrics for model in curves[m]))
-    colours = dict(zip(models, class_colors(len(models))))
+    colours = dict(zip(models, class_colors(len(models)), strict=False))
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.0 * len(metrics), 3.3), squeeze=False)
-    handles: dict[str, object] = {}
-    for ax, metric in zip(axes[0], metrics):
+    handles: dict[str, Any] = {}
+    for ax, metric in zip(axes[0], metrics, strict=False):
         sizes_seen: set[int] = set()
         for model, by_size in curves[metric].items():
             sizes = sorted(by_size, key=int)
@@ -387,7 +389,7 @@ def tradeoff_curves(
     if unit_interval is None:
         unit_interval = {m for m in panels if m.startswith(("probe", "coherence"))}
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
-    for ax, metric in zip(axes[0], panels):
+    for ax, metric in zip(axes[0], panels, strict=False):
         for model, points in series.items():
             usable = [(beta, p) for beta, p in points if metric in p and x_metric in p]
             if not usable:
@@ -397,7 +399,7 @@ def tradeoff_curves(
             xerr = np.array([p[x_metric][1] for _, p in usable])
             yerr = np.array([p[metric][1] for _, p in usable])
             line = ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", capsize=2, label=model)
-            for (beta, _), x, y in zip(usable, xs, ys):
+            for (beta, _), x, y in zip(usable, xs, ys, strict=False):
                 ax.annotate(f"{beta:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points",
                             color=line[0].get_color())
         if metric in unit_interval:

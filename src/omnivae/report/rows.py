@@ -43,7 +43,11 @@ def stratified_rows(labels: Tensor | None, count: int, seed: int = 0, eligible: 
     """
     if labels is None and eligible is None:
         raise ValueError("stratified_rows needs labels or an eligible mask to know the number of rows")
-    total = len(labels) if labels is not None else len(eligible)
+    if labels is not None:
+        total = len(labels)
+    else:
+        assert eligible is not None  # checked above
+        total = len(eligible)
     candidates = torch.arange(total) if eligible is None else eligible.detach().cpu().bool().nonzero().flatten()
     generator = torch.Generator().manual_seed(int(seed))
     shuffled = candidates[torch.randperm(len(candidates), generator=generator)]
@@ -57,7 +61,7 @@ def stratified_rows(labels: Tensor | None, count: int, seed: int = 0, eligible: 
     chosen: list[tuple[int, int]] = []
     depth = 0
     while len(chosen) < count:
-        for key, queue in zip(classes.tolist(), queues):
+        for key, queue in zip(classes.tolist(), queues, strict=False):
             if depth < len(queue) and len(chosen) < count:
                 chosen.append((key, queue[depth]))
         depth += 1

@@ -87,12 +87,12 @@ def plan(preset: Preset, seeds: int | None = None) -> str:
             extra = f"; {json.dumps(settings)}" if settings else ""
             lines.append(f"  {model}: {exp.train_options(model, 'cpu', False)['epochs']} epochs, "
                          f"{steps:,} steps per run (all stages){extra}")
-        lines.append(f"  untrained reference: 1 run per model (0 epochs, seed 0), evaluated only")
+        lines.append("  untrained reference: 1 run per model (0 epochs, seed 0), evaluated only")
         lines.append(f"  expected: {cpu:.2f} h on 2 CPU threads, {gpu:.2f} h on one GPU")
-    for extra in preset.extras:
-        cpu, gpu = extra.seconds["cpu"] * extra.seeds / 3600, extra.seconds["gpu"] * extra.seeds / 3600
+    for step in preset.extras:
+        cpu, gpu = step.seconds["cpu"] * step.seeds / 3600, step.seconds["gpu"] * step.seeds / 3600
         total_cpu, total_gpu = total_cpu + cpu, total_gpu + gpu
-        lines.append(f"[{extra.name}] {extra.description}: expected {cpu:.2f} h on CPU, {gpu:.2f} h on GPU")
+        lines.append(f"[{step.name}] {step.description}: expected {cpu:.2f} h on CPU, {gpu:.2f} h on GPU")
     lines.append("")
     lines.append(f"total: {total_runs} benchmark runs, expected {total_cpu:.2f} h on 2 CPU threads, "
                  f"{total_gpu:.2f} h on one GPU")
@@ -190,9 +190,9 @@ def reproduce(
     """
     from omnivae.benchmark import run_benchmark
     from omnivae.evaluate import EvalOptions
+    from omnivae.fileio import atomic_write_bytes
     from omnivae.models import ModelConfig
     from omnivae.train import TrainConfig
-    from omnivae.fileio import atomic_write_bytes
 
     seeds = preset.seeds if seeds is None else seeds
     if seeds < 1:

@@ -56,7 +56,7 @@ def data_fingerprint(data: MultimodalDataset) -> str:
             return
         array = np.ascontiguousarray(tensor.detach().cpu().numpy())
         digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
-        digest.update(memoryview(array).cast("B"))
+        digest.update(array.data.cast("B"))
 
     for spec in data.modalities:
         add(f"data/{spec.name}", data.data[spec.name])
@@ -177,13 +177,14 @@ def train(
         assert run_dir is not None
         loaded = trainer.load(run_dir)
     writes = run_dir is not None and _writes_here()
-    with RunLock.acquire(run_dir) if writes else nullcontext() as lock:
+    with RunLock.acquire(run_dir) if writes and run_dir is not None else nullcontext() as lock:
         if writes:
             assert run_dir is not None
             check_writable_run(run_dir, resume, overwrite, locked=True)  # again, now that no one else can write
             if overwrite:
                 clear_run(run_dir)
-            if resume and published_checkpoint(run_dir).generation != loaded:  # another writer came between
+            current = published_checkpoint(run_dir)
+            if resume and (current is None or current.generation != loaded):  # another writer came between
                 trainer.load(run_dir)
         trainer.lock = lock
         trainer.fit()
