@@ -511,7 +511,7 @@ def test_translated_png_layout(tmp_path: Path) -> None:
 
 def test_translated_offline_shares_the_polymnist_split(monkeypatch: pytest.MonkeyPatch) -> None:
     digits, labels = fake_digits(100, 9)
-    monkeypatch.setattr(polymnist, "mnist_digits", lambda: (digits, labels))
+    monkeypatch.setattr(polymnist_build, "mnist_digits", lambda: (digits, labels))
     monkeypatch.setattr(polymnist_build, "background_images",
                         lambda: [np.full((29, 30, 3), 9 * k, np.uint8) for k in range(5)])
     plain = build_polymnist_arrays()

@@ -227,6 +227,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         conditional_log_likelihoods,
         generation_frechet,
         get_classifiers,
+        image_features,
         joint_coherence,
         joint_log_likelihood,
         linear_probe,
@@ -328,8 +329,8 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         model.reset_sampler_statistics()
         feature_fn = None
         if options.inception:
-            inception = load_inception_features(options.inception)
-            feature_fn = lambda _name, samples: inception(samples)  # noqa: E731  # the same network for every modality
+            assert classifiers is not None  # trained above for fd
+            feature_fn = image_features(load_inception_features(options.inception), classifiers, run.modalities)
         results["fd"] = generation_frechet(
             model, test, classifiers, seed=options.seed, feature_fn=feature_fn, progress=progress, **common
         )

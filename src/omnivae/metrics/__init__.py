@@ -22,6 +22,7 @@ from omnivae.metrics.frechet import (
     RunningMoments,
     frechet_distance,
     generation_frechet,
+    image_features,
     load_inception_features,
 )
 from omnivae.metrics.likelihood import conditional_log_likelihoods, joint_log_likelihood
@@ -38,6 +39,7 @@ __all__ = [
     "RunningMoments",
     "frechet_distance",
     "generation_frechet",
+    "image_features",
     "load_inception_features",
     "joint_log_likelihood",
     "conditional_log_likelihoods",
