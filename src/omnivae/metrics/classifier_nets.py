@@ -88,6 +88,7 @@ def build_classifier(spec: ModalitySpec, num_classes: int) -> nn.Module:
     28x28); every other shape gets :class:`MLPClassifier` on the flattened input.
 
     Example:
+        >>> import torch
         >>> net = build_classifier(ModalitySpec("m0", (3, 28, 28), "image"), 10)
         >>> net(torch.rand(2, 3, 28, 28)).shape, net.features(torch.rand(2, 3, 28, 28)).shape
         (torch.Size([2, 10]), torch.Size([2, 128]))
