@@ -166,7 +166,7 @@ def _check_data(preset: Preset, data_dir: str | None) -> None:
             continue
         needs = f" ({info.needs})" if info.needs else ""
         raise UserError(
-            f"reproduce {preset.paper} --scale {preset.scale} needs the dataset {exp.dataset}, which is not "
+            f"the {preset.paper} preset at scale {preset.scale!r} needs the dataset {exp.dataset}, which is not "
             f"available here{needs}; give its files with data_dir"
             + ("" if preset.scale == "full" else ", or use another paper's preset"),
             parameter="data_dir",

@@ -418,7 +418,8 @@ def busy_error(run_dir: Path, pid: int) -> RunDirError:
     who = f"pid {pid}" if pid else "pid unknown"
     return RunDirError(
         f"{run_dir} is being trained by another process ({who}); wait for it to finish "
-        f"(or stop it: omnivae train --resume {run_dir} continues it later), or pick another --out"
+        f"(or stop it: omnivae train --resume {run_dir} continues it later), or pick another run_dir",
+        parameter="run_dir",
     )
 
 
