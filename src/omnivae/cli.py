@@ -101,6 +101,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--allow-data-change", action="store_true", default=None,
                    help="with --resume: continue even though the training data differ from the run's")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--track", help="log to experiment trackers, comma-separated: tensorboard, mlflow, wandb "
+                   "(offline, under RUN/tracking/; needs pip install \"omnivae[tracking]\")")
     p.set_defaults(handler=cmd_train)
 
 
@@ -139,6 +141,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", help="run directory written by 'omnivae train'")
     p.add_argument("--metrics", help="comma-separated: coherence,probe,likelihood,fd,recon (default all)")
+    p.add_argument("--track", help="also log the metrics to these trackers (tensorboard, mlflow, wandb), "
+                   "into the tracking runs of training when it had them")
     _add_eval_options(p)
     p.set_defaults(handler=cmd_evaluate)
 
@@ -427,6 +431,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from omnivae.train.run import check_writable_run
 
     options = _options(args)
+    from omnivae.train.tracking import make_trackers
+
+    trackers = make_trackers(options.pop("track", None))  # a missing package stops here, before any work
     resume = options.pop("resume", None)
     overwrite = bool(options.pop("overwrite", False))
     allow_data_change = bool(options.pop("allow_data_change", False))
@@ -512,7 +519,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         flush=True,
     )
     trainer = train(model_config, train_config, data, dataset_name, run_dir, resume=resume is not None, data_dir=data_dir,
-                    overwrite=overwrite, allow_data_change=allow_data_change)
+                    overwrite=overwrite, allow_data_change=allow_data_change, callbacks=trackers)
     _print_summary(trainer, run_dir)
     return 0
 
@@ -776,6 +783,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from omnivae.outputs import WRITE_ERRNOS, write_failure
 
     check_run_dir(Path(args.run))
+    from omnivae.train.tracking import check_installed, parse_track
+
+    check_installed(parse_track(args.track))
     if not os.access(args.run, os.W_OK | os.X_OK):
         raise UserError(
             f"{args.run} is read-only here, and evaluate writes eval.json, report.md and figures/ into the run; "
@@ -787,6 +797,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if err.errno not in WRITE_ERRNOS:
             raise
         raise write_failure(err, err.filename or f"the evaluation of {args.run}") from None
+    if args.track:
+        from omnivae.train.tracking import log_evaluation
+
+        log_evaluation(args.run, results, args.track)
     from omnivae.benchmark import summarise_run
 
     for metric, value in summarise_run(results).items():
