@@ -200,9 +200,18 @@ class TorchData:
             order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
             stop = n - n % batch_size if drop_last else n
             chunks = [order[b : b + batch_size].tolist() for b in range(start * batch_size, stop, batch_size)]
-            items = iter(
-                DataLoader(self.dataset, batch_sampler=chunks, collate_fn=_collate, num_workers=self.num_workers)
+            # A DataLoader draws its workers' base seed from the global generator unless given
+            # its own; that draw would shift every later random number of training away from
+            # the in-memory path's. Seed its own from the epoch's order instead.
+            seed = hash((start, *order[:8].tolist())) % 2**63
+            loader = DataLoader(
+                self.dataset,
+                batch_sampler=chunks,
+                collate_fn=_collate,
+                num_workers=self.num_workers,
+                generator=torch.Generator().manual_seed(seed),
             )
+            items = iter(loader)
         for item in items:
             batch = self._batch(_collate(item) if not isinstance(item, Mapping) else item)
             yield batch if self.device is None else batch.to(self.device)
@@ -280,7 +289,8 @@ class ArrayDataset(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return {key: torch.as_tensor(np.asarray(array[index])) for key, array in self.arrays.items()}
+        # A copy: rows of a read-only memory map would make read-only tensors.
+        return {key: torch.from_numpy(np.array(array[index])) for key, array in self.arrays.items()}
 
     def __getitems__(self, indices: Sequence[int]) -> dict[str, Tensor]:
         """A whole batch at once: one read of sorted rows per array (h5py requires
