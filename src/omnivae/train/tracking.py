@@ -38,6 +38,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import torch
+
 from omnivae.errors import UserError, unknown_name
 from omnivae.fileio import atomic_write_bytes, json_bytes
 from omnivae.stages import Stage
@@ -158,7 +160,8 @@ class Tracker(Callback):
         if step.step % self.log_every:
             return
         now = time.perf_counter()
-        values = {f"train/{k}": float(v) for k, v in step.terms.items()}
+        numbers = torch.stack([v.detach().float().reshape(()) for v in step.terms.values()]).tolist()  # one sync
+        values = {f"train/{k}": v for k, v in zip(step.terms, numbers, strict=True)}
         values.update({"train/lr": step.lr, "train/kl_weight": step.kl_weight})
         values["train/samples_per_second"] = self._rows / max(now - self._last_time, 1e-9)
         self._last_time, self._rows = now, 0

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from omnivae import __version__
 from omnivae.data.base import MultimodalDataset
-from omnivae.data.torch_data import BatchSource, as_batch_source
+from omnivae.data.torch_data import BatchSource, TorchData, as_batch_source
 from omnivae.errors import TrainingDiverged, UserError
 from omnivae.models import MultimodalVAE
 from omnivae.nn.precision import PRECISIONS, networks_in
@@ -89,7 +89,9 @@ class Trainer:
         callbacks: Sequence[Callback] | CallbackList | None = None,
     ) -> None:
         train_source = as_batch_source(train_data)
-        config.validate(len(train_source))
+        # A DataLoader batches by itself: TrainConfig.batch_size does not apply to it.
+        own_batches = isinstance(train_source, TorchData) and train_source.loader is not None
+        config.validate(None if own_batches else len(train_source))
         self.config = config
         self.device = resolve_device(config.device)
         # Under torchrun: join the other processes (None when training alone); see distributed.py.
