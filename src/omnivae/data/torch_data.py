@@ -85,9 +85,9 @@ def _kind(dtype: torch.dtype) -> ModalityKind:
         return "image"
     if dtype == torch.bool:
         return "binary"
-    if dtype.is_floating_point or not dtype.is_complex:
-        return "vector"
-    raise DataError(f"unsupported dtype {dtype}")
+    if dtype.is_complex:
+        raise DataError(f"unsupported dtype {dtype}; give real numbers")
+    return "vector"
 
 
 class TorchData:
