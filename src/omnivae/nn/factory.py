@@ -13,7 +13,7 @@ from typing import Literal
 
 from torch import nn
 
-from omnivae.data.base import ModalitySpec
+from omnivae.modalities import ModalitySpec
 from omnivae.errors import UserError, unknown_name
 from omnivae.nn.backbones import (
     MLP,

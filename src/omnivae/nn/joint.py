@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from omnivae.data.base import ModalitySpec
+from omnivae.modalities import ModalitySpec
 from omnivae.errors import unknown_name
 from omnivae.nn.backbones import MLP
 from omnivae.nn.factory import build_encoder
