@@ -20,9 +20,9 @@ from helpers import LATENT, MODALITIES, NAMES, tiny_batch, tiny_config, tiny_spl
 from omnivae.data.base import ModalitySpec
 from omnivae.errors import UserError
 from omnivae.functional import subset_matrix
+from omnivae.methods.jnf import JNFVAE, RECIPES, JNFPosterior, UnimodalFlow
 from omnivae.models import MODELS, PriorDividedProduct, build_model
 from omnivae.train import TrainConfig, Trainer, load_run, train
-from omnivae.two_stage import RECIPES, JNFPosterior, JNFVAE, UnimodalFlow
 
 VECTORS = (
     ModalitySpec("a", (3,), "vector"),

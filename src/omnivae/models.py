@@ -911,7 +911,7 @@ def model_table() -> str:
 # this one; they are registered here, after MODELS exists, in the order `omnivae models`
 # lists them.
 _METHOD_MODULES = (
-    "omnivae.two_stage",
+    "omnivae.methods.jnf",
     "omnivae.methods.mmvamp",
     "omnivae.methods.mmvaeplus",
     "omnivae.methods.nexus",
