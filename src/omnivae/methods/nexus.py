@@ -73,7 +73,7 @@ from omnivae.errors import DataError, UserError
 from omnivae.functional import kl_normal_standard
 from omnivae.models import ModelConfig, ModelParts, MultimodalVAE, Recipe
 from omnivae.nn import MLP, GaussianEncoder, build_decoder, build_encoder
-from omnivae.objectives import Objective, ObjectiveOutput
+from omnivae.objectives import Objective, ObjectiveOutput, check_beta
 
 __all__ = ["perceptual_dropout", "Nexus", "NexusNoise", "NexusObjective", "RECIPES"]
 
@@ -276,8 +276,7 @@ class NexusObjective(Objective):
     """
 
     def __init__(self, beta: float = 1.0, gamma: float = 1.0, dropout: float = 0.2) -> None:
-        if not beta >= 0:
-            raise UserError(f"beta must be >= 0, got {beta}")
+        check_beta(beta)
         if not gamma >= 0:
             raise UserError(f"gamma (Nexus's top-level weight) must be >= 0, got {gamma}")
         if not 0 <= dropout <= 1:

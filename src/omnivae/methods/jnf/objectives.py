@@ -18,7 +18,7 @@ from omnivae.distributions import kl_divergence
 from omnivae.errors import UserError, unknown_name
 from omnivae.methods.jnf.model import JNFVAE
 from omnivae.methods.jnf.projectors import contrastive_loss, dcca_loss
-from omnivae.objectives import Objective, ObjectiveOutput
+from omnivae.objectives import Objective, ObjectiveOutput, check_beta
 from omnivae.stages import Stage
 
 __all__ = ["JointVAELoss", "UnimodalPosteriorLoss", "ProjectorLoss", "JNFObjective"]
@@ -47,8 +47,7 @@ class JointVAELoss(Objective):
     """
 
     def __init__(self, beta: float = 1.0) -> None:
-        if not beta >= 0:
-            raise UserError(f"beta must be >= 0, got {beta}")
+        check_beta(beta)
         self.beta = beta
 
     def __call__(self, model: JNFVAE, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
