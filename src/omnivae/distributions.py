@@ -24,7 +24,7 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Union
 
@@ -37,6 +37,7 @@ from omnivae.functional import kl_mvn, subset_matrix
 
 __all__ = [
     "GaussianExperts",
+    "ConcatenatedBlocks",
     "Combiner",
     "SubsetMixture",
     "SubsetMode",
@@ -299,6 +300,80 @@ class SubsetMixture(Distribution):
 
     def expand(self, batch_shape, _instance=None):  # pragma: no cover - not needed
         raise NotImplementedError("SubsetMixture does not support expand")
+
+
+class ConcatenatedBlocks(Distribution):
+    """Independent blocks as one distribution over their concatenation: q(u) = prod_i q_i(u_i).
+
+    u = [u_1, ..., u_n], block i a distribution over a vector u_i of size D_i. MM-VAMP's
+    posterior over z = (z_1, ..., z_M), one block per modality (Sutter et al. 2024, Eq. 3
+    and App. B.2), and MMVAE+'s q(z | x_S) q(w_1..w_M | x_S) and p(z) p(w_1..w_M)
+    (Palumbo et al. 2023) are both this distribution. ``mean`` and samples concatenate
+    the blocks' means and samples (a block that is a mixture samples one component per
+    row); ``log_prob`` sums the blocks' log-densities.
+
+    Args:
+        blocks: Distributions with vector events ``[D_i]`` and batch shapes that broadcast
+            to a common ``[*B]``.
+
+    Shapes:
+        ``sample(sample_shape)``: ``[*sample_shape, *B, sum_i D_i]``; ``log_prob(u [..., *B,
+        sum_i D_i])``: ``[..., *B]``; ``mean``: ``[*B, sum_i D_i]``.
+
+    Example:
+        >>> q = ConcatenatedBlocks([diagonal_normal(torch.zeros(5, 2), torch.ones(5, 2)),
+        ...                         diagonal_normal(torch.zeros(5, 3), torch.ones(5, 3))])
+        >>> q.sample(torch.Size([4])).shape
+        torch.Size([4, 5, 5])
+        >>> q.split(q.mean)[1].shape
+        torch.Size([5, 3])
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, blocks: Sequence[Distribution]) -> None:
+        if not blocks:
+            raise ValueError("ConcatenatedBlocks needs at least one block")
+        self.blocks = tuple(blocks)
+        if any(len(b.event_shape) != 1 for b in self.blocks):
+            raise ValueError(f"blocks need vector events, got {[tuple(b.event_shape) for b in self.blocks]}")
+        self.sizes = [int(b.event_shape[0]) for b in self.blocks]
+        batch = torch.broadcast_shapes(*(b.batch_shape for b in self.blocks))
+        super().__init__(batch_shape=batch, event_shape=torch.Size([sum(self.sizes)]), validate_args=False)
+
+    def split(self, value: Tensor) -> list[Tensor]:
+        """The blocks of ``value [..., sum_i D_i]``, one tensor ``[..., D_i]`` each."""
+        return list(value.split(self.sizes, dim=-1))
+
+    def _joined(self, parts: Sequence[Tensor], lead: torch.Size) -> Tensor:
+        shape = lead + self.batch_shape
+        return torch.cat([part.expand(*shape, size) for part, size in zip(parts, self.sizes)], dim=-1)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        sample_shape = torch.Size(sample_shape)
+        return self._joined([b.rsample(sample_shape) for b in self.blocks], sample_shape)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        sample_shape = torch.Size(sample_shape)
+        with torch.no_grad():
+            return self._joined([b.sample(sample_shape) for b in self.blocks], sample_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        total = None
+        for block, part in zip(self.blocks, self.split(value)):
+            term = block.log_prob(part)
+            total = term if total is None else total + term
+        assert total is not None
+        return total
+
+    @property
+    def mean(self) -> Tensor:
+        return self._joined([b.mean for b in self.blocks], torch.Size())
+
+    def expand(self, batch_shape, _instance=None):  # pragma: no cover - not needed
+        raise NotImplementedError("ConcatenatedBlocks does not support expand")
 
 
 @register_kl(MultivariateNormal, Independent)

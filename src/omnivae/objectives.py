@@ -11,6 +11,7 @@ its aggregator, its prior and the log-likelihood of data under a latent sample.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,6 +34,8 @@ __all__ = [
     "MVTCAE",
     "random_subsets",
     "expert_kl",
+    "check_beta",
+    "importance_bound",
 ]
 
 
@@ -75,9 +78,14 @@ class Objective:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
 
-def _check_beta(beta: float) -> None:
+def check_beta(beta: float) -> None:
+    """The one check of an objective's ``beta``, the weight of its KL (or rate) term.
+
+    Raises:
+        UserError: for a negative or NaN ``beta``.
+    """
     if not beta >= 0:
-        raise UserError(f"beta must be >= 0, got {beta}")
+        raise UserError(f"beta must be >= 0, got {beta}", parameter="beta")
 
 
 class ELBO(Objective):
@@ -93,7 +101,7 @@ class ELBO(Objective):
     """
 
     def __init__(self, beta: float = 1.0) -> None:
-        _check_beta(beta)
+        check_beta(beta)
         self.beta = beta
 
     def __call__(self, model, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
@@ -144,7 +152,7 @@ class SubsampledELBO(Objective):
     """
 
     def __init__(self, beta: float = 1.0, num_random_subsets: int = 0) -> None:
-        _check_beta(beta)
+        check_beta(beta)
         if num_random_subsets < 0:
             raise UserError("num_random_subsets must be >= 0")
         self.beta = beta
@@ -204,9 +212,11 @@ class StratifiedIWAE(Objective):
     """
 
     def __init__(self, num_samples: int = 1, dreg: bool = False, beta: float = 1.0) -> None:
-        _check_beta(beta)
+        check_beta(beta)
         if num_samples < 1:
-            raise UserError(f"the number of importance samples K must be >= 1, got {num_samples}")
+            raise UserError(
+                f"the number of importance samples K must be >= 1, got {num_samples}", parameter="num_samples"
+            )
         self.num_samples = num_samples
         self.dreg = dreg
         self.beta = beta
@@ -222,21 +232,49 @@ class StratifiedIWAE(Objective):
         rec = model.log_likelihood(x, z.reshape(num_components * k, batch, dim), mask)
         rec = rec.reshape(num_components, k, batch)
         log_w = rec + self.beta * kl_weight * (log_p - log_q)
-        valid = torch.isfinite(log_weights)  # [C, B]
-        zero = torch.zeros((), dtype=log_w.dtype, device=log_w.device)
-        log_w = torch.where(valid.unsqueeze(1), log_w, zero)
-        per_component = log_mean_exp(log_w, dim=1)
-        if self.dreg:
-            normalised = torch.softmax(log_w, dim=1).detach()
-            if z.requires_grad:
-                z.register_hook(lambda grad: grad * normalised.unsqueeze(-1))
-            surrogate = (normalised * log_w).sum(1)
-            # The value stays the bound (comparable with plain IWAE); only the gradient is DReG's.
-            per_component = per_component.detach() + (surrogate - surrogate.detach())
-        count = valid.sum(0).clamp_min(1)
-        bound = torch.where(valid, per_component, zero).sum(0) / count
+        bound = importance_bound(log_w, torch.isfinite(log_weights), self.dreg, (z,))
         terms = {"rec": -rec.mean(), "kl": (log_q - log_p).mean()}
         return ObjectiveOutput(-bound.mean(), terms)
+
+
+def importance_bound(log_w: Tensor, valid: Tensor, dreg: bool = False, paths: Sequence[Tensor] = ()) -> Tensor:
+    """The stratified importance-weighted bound of each row, optionally with DReG gradients.
+
+    bound_b = (1 / |C_b|) sum_{c in C_b} log (1/K) sum_k exp(log_w[c, k, b]), C_b the valid
+    components of row b (Shi et al. 2019, Eq. 4). With ``dreg`` the value is unchanged
+    and the gradient is the doubly reparameterised one (Tucker et al. 2019, Eq. 5-6): the
+    caller evaluates q's density with detached parameters, the surrogate weights each
+    log_w by w~_ck = softmax_k(log_w), and each reparameterised sample in ``paths`` gets its
+    gradient scaled once more by w~_ck, so that the encoder's path carries w~_ck^2.
+    :class:`StratifiedIWAE` and MMVAE+'s objective (whose paths are z and the w_m) share it.
+
+    Args:
+        log_w: Log importance weights ``[C, K, B]``.
+        valid: ``[C, B]``; invalid components count neither in the bound nor in gradients.
+        dreg: Use the DReG estimator.
+        paths: The reparameterised samples behind ``log_w``, shaped ``[..., C, K, B, E]``.
+
+    Returns:
+        ``[B]``.
+
+    Example:
+        >>> log_w = torch.zeros(2, 3, 4)
+        >>> importance_bound(log_w, torch.ones(2, 4, dtype=torch.bool)).shape
+        torch.Size([4])
+    """
+    zero = torch.zeros((), dtype=log_w.dtype, device=log_w.device)
+    log_w = torch.where(valid.unsqueeze(1), log_w, zero)
+    per_component = log_mean_exp(log_w, dim=1)  # [C, B]
+    if dreg:
+        normalised = torch.softmax(log_w, dim=1).detach()  # [C, K, B]
+        for path in paths:
+            if path.requires_grad:
+                path.register_hook(lambda grad: grad * normalised.unsqueeze(-1))
+        surrogate = (normalised * log_w).sum(1)
+        # The value stays the bound (comparable with plain IWAE); only the gradient is DReG's.
+        per_component = per_component.detach() + (surrogate - surrogate.detach())
+    count = valid.sum(0).clamp_min(1)
+    return torch.where(valid, per_component, zero).sum(0) / count
 
 
 def expert_kl(posterior: Distribution, experts: GaussianExperts, mask: Tensor) -> Tensor:
@@ -290,7 +328,7 @@ class MVTCAE(Objective):
     """
 
     def __init__(self, beta: float = 1.0, tc_ratio: float = 5 / 6) -> None:
-        _check_beta(beta)
+        check_beta(beta)
         if not 0 <= tc_ratio <= 1:
             raise UserError(f"tc_ratio (MVTCAE's alpha) must lie in [0, 1], got {tc_ratio}")
         self.beta = beta

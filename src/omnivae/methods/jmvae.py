@@ -25,7 +25,7 @@ from omnivae.models.joint import JointEncoderBase
 from omnivae.models.options import MethodOptions, option
 from omnivae.models.recipe import ModelParts, Recipe
 from omnivae.nn import build_joint_encoder
-from omnivae.objectives import MultimodalModel, Objective, ObjectiveOutput, _check_beta, expert_kl
+from omnivae.objectives import MultimodalModel, Objective, ObjectiveOutput, check_beta, expert_kl
 
 if TYPE_CHECKING:
     from omnivae.models.config import ModelConfig
@@ -121,7 +121,7 @@ class JMVAEKL(Objective):
     """
 
     def __init__(self, beta: float = 1.0, alpha: float = 0.1) -> None:
-        _check_beta(beta)
+        check_beta(beta)
         if not alpha >= 0:
             raise UserError(f"alpha must be >= 0, got {alpha}", parameter="alpha")
         self.beta = beta

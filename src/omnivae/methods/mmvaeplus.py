@@ -25,8 +25,8 @@ every generic metric works unchanged:
   (z, w_m) of u (:meth:`MMVAEPlus.decoder_input`);
 - ``prior()`` is p(z) p(w_1) ... p(w_M): N(0, I) (or the ``--prior`` of z) times N(0, I_{MW});
 - the posterior given a subset S (``encode``, ``subset_posteriors``, batch ``[S, B]``)
-  is :class:`ConcatenatedLatent`. Its z block is the aggregator's inference posterior of
-  the experts q(z | x_j), j in S. For the recipe's ``moe`` this is their uniform
+  is :class:`~omnivae.distributions.ConcatenatedBlocks` ``[z block, w blocks]``. Its z
+  block is the aggregator's inference posterior of the experts q(z | x_j), j in S. For the recipe's ``moe`` this is their uniform
   mixture. Each w_m block is q(w_m | x_m) if m is in S, else the prior p(w_m). A cross
   generation to m outside S then decodes z from the source and w_m from the prior. This
   is MMVAE+'s test-time cross generation (peer protocols, "Coherence", MMVAE+).
@@ -88,28 +88,31 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, constraints
+from torch.distributions import Distribution
 
 from omnivae.aggregators import Aggregator
-from omnivae.distributions import GaussianExperts, SubsetMixture, diagonal_normal
+from omnivae.distributions import (
+    ConcatenatedBlocks,
+    GaussianExperts,
+    SubsetMixture,
+    diagonal_normal,
+)
 from omnivae.errors import UserError
-from omnivae.functional import log_mean_exp
 from omnivae.modalities import ModalitySpec
 from omnivae.models.base import MultimodalVAE
 from omnivae.models.options import MethodOptions, option
 from omnivae.models.recipe import ModelParts, Recipe
 from omnivae.nn import build_decoder, build_encoder, soft_clamp
-from omnivae.objectives import Objective, ObjectiveOutput
+from omnivae.objectives import ObjectiveOutput, StratifiedIWAE, importance_bound
 
 if TYPE_CHECKING:
     from omnivae.models.config import ModelConfig
 
 __all__ = [
-    "ConcatenatedLatent",
     "SplitExperts",
     "MMVAEPlus",
     "PlusSamples",
@@ -119,59 +122,6 @@ __all__ = [
 ]
 
 _LOG_2PI = math.log(2 * math.pi)
-
-
-class ConcatenatedLatent(Distribution):
-    """Two independent blocks as one distribution over u = [a, b].
-
-    q(u) = q_a(a) q_b(b). MMVAE+ uses it for q(z | x_S) q(w_1..w_M | x_S) and for
-    p(z) p(w_1..w_M).
-
-    Args:
-        shared: Distribution over the first block: batch ``[*B]``, event ``[D]``.
-        specific: Distribution over the second block: batch ``[*B]``, event ``[E]``.
-
-    Shapes: ``sample(shape)`` is ``[*shape, *B, D + E]``, ``log_prob(u [..., *B, D + E])``
-    is ``[..., *B]`` and ``mean`` is ``[*B, D + E]``.
-
-    Example:
-        >>> q = ConcatenatedLatent(diagonal_normal(torch.zeros(2), torch.ones(2)),
-        ...                        diagonal_normal(torch.zeros(3), torch.ones(3)))
-        >>> q.sample(torch.Size([4])).shape
-        torch.Size([4, 5])
-    """
-
-    arg_constraints: dict = {}
-    support = constraints.real_vector
-    has_rsample = True
-
-    def __init__(self, shared: Distribution, specific: Distribution) -> None:
-        if shared.batch_shape != specific.batch_shape:
-            raise ValueError(f"block batch shapes differ: {shared.batch_shape} and {specific.batch_shape}")
-        self.shared = shared
-        self.specific = specific
-        self.split = int(shared.event_shape[-1])
-        width = self.split + int(specific.event_shape[-1])
-        super().__init__(batch_shape=shared.batch_shape, event_shape=torch.Size([width]), validate_args=False)
-
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        sample_shape = torch.Size(sample_shape)
-        return torch.cat([self.shared.rsample(sample_shape), self.specific.rsample(sample_shape)], -1)
-
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        with torch.no_grad():
-            sample_shape = torch.Size(sample_shape)
-            return torch.cat([self.shared.sample(sample_shape), self.specific.sample(sample_shape)], -1)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        return self.shared.log_prob(value[..., : self.split]) + self.specific.log_prob(value[..., self.split :])
-
-    @property
-    def mean(self) -> Tensor:
-        return torch.cat([self.shared.mean, self.specific.mean], -1)
-
-    def expand(self, batch_shape, _instance=None):  # pragma: no cover - not needed
-        raise NotImplementedError("ConcatenatedLatent does not support expand")
 
 
 @dataclass
@@ -215,6 +165,9 @@ class MMVAEPlus(MultimodalVAE):
     [-7, 5].
     """
 
+    w_prior_loc: Tensor
+    w_prior_scale: Tensor
+
     def __init__(
         self,
         modalities: Sequence[ModalitySpec],
@@ -228,7 +181,7 @@ class MMVAEPlus(MultimodalVAE):
         super().__init__(modalities, encoders, decoders, aggregator, prior, likelihood_weights, 0)
         if w_dim < 1:
             raise UserError(f"w_dim (MMVAE+'s modality-specific latent size) must be >= 1, got {w_dim}", parameter="w_dim")
-        self.shared_dim = int(prior.latent_dim)
+        self.shared_dim = int(cast(int, prior.latent_dim))
         self.w_dim = int(w_dim)
         count = len(self.names)
         self.aux_log_scale = nn.Parameter(torch.zeros(count, self.w_dim))
@@ -302,6 +255,7 @@ class MMVAEPlus(MultimodalVAE):
         """
         blocks = self.encode_blocks(x)
         shared_experts = self.expand_experts(blocks.shared, members)
+        shared: Distribution
         if proposal:
             shared = self.aggregate(shared_experts, members)
         else:
@@ -310,11 +264,11 @@ class MMVAEPlus(MultimodalVAE):
         view = (blocks.loc.shape[0], *([1] * len(lead)), *blocks.loc.shape[1:])
         loc = blocks.loc.reshape(view).expand(-1, *lead, -1, -1)
         scale = blocks.scale.reshape(view).expand(-1, *lead, -1, -1)
-        return ConcatenatedLatent(shared, self._specific_block(loc, scale, members))
+        return ConcatenatedBlocks([shared, self._specific_block(loc, scale, members)])
 
     def prior(self) -> Distribution:
         """p(u) = p(z) prod_m N(w_m; 0, I), event ``[L]``."""
-        return ConcatenatedLatent(self.prior_module(), diagonal_normal(self.w_prior_loc, self.w_prior_scale))
+        return ConcatenatedBlocks([self.prior_module(), diagonal_normal(self.w_prior_loc, self.w_prior_scale)])
 
 @dataclass
 class PlusSamples:
@@ -331,7 +285,7 @@ class PlusSamples:
     w_auxiliary: Tensor
 
 
-class MMVAEPlusObjective(Objective):
+class MMVAEPlusObjective(StratifiedIWAE):
     """MMVAE+'s stratified importance-weighted bound (peer protocols, Sec. 3, "MMVAE+").
 
     For every component r of q(z | X) (each observed modality for ``moe``):
@@ -352,16 +306,11 @@ class MMVAEPlusObjective(Objective):
         dreg: Use the DReG gradient estimator (Tucker et al. 2019).
         beta: The beta in front of the bracket (1 is the bound itself; 2.5 for MMVAE+ on
             PolyMNIST).
-    """
 
-    def __init__(self, num_samples: int = 1, dreg: bool = False, beta: float = 1.0) -> None:
-        if not beta >= 0:
-            raise UserError(f"beta must be >= 0, got {beta}")
-        if num_samples < 1:
-            raise UserError(f"the number of importance samples K must be >= 1, got {num_samples}")
-        self.num_samples = num_samples
-        self.dreg = dreg
-        self.beta = beta
+    The arguments, their checks and the bound with its DReG gradient
+    (:func:`~omnivae.objectives.importance_bound`, paths z and w_m) are
+    :class:`~omnivae.objectives.StratifiedIWAE`'s; only the weights differ.
+    """
 
     def draw(self, model: MMVAEPlus, blocks: SplitExperts, posterior: SubsetMixture) -> PlusSamples:
         """K reparameterised draws of z per component, of every w_m and of every auxiliary w~_m."""
@@ -420,19 +369,7 @@ class MMVAEPlusObjective(Objective):
         specific = torch.where(selves, log_ratio_w, zero).sum(0)  # [C, K, B]
         regulariser = log_pz - log_qz + specific
         log_w = rec + self.beta * kl_weight * regulariser
-        log_w = torch.where(valid.unsqueeze(1), log_w, zero)
-        per_component = log_mean_exp(log_w, dim=1)  # [C, B]
-        if self.dreg:
-            normalised = torch.softmax(log_w, dim=1).detach()  # [C, K, B]
-            if z.requires_grad:
-                z.register_hook(lambda grad: grad * normalised.unsqueeze(-1))
-            if samples.w_posterior.requires_grad:
-                samples.w_posterior.register_hook(lambda grad: grad * normalised[None, ..., None])
-            surrogate = (normalised * log_w).sum(1)
-            # The value stays the bound; only the gradient is DReG's.
-            per_component = per_component.detach() + (surrogate - surrogate.detach())
-        count = valid.sum(0).clamp_min(1)
-        bound = torch.where(valid, per_component, zero).sum(0) / count
+        bound = importance_bound(log_w, valid, self.dreg, (z, samples.w_posterior))
         weight = valid.unsqueeze(1).expand(components, k, batch)
         total = weight.sum().clamp_min(1)
         terms = {
@@ -441,7 +378,9 @@ class MMVAEPlusObjective(Objective):
         }
         return ObjectiveOutput(-bound.mean(), terms)
 
-    def __call__(self, model: MMVAEPlus, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
+    def __call__(  # type: ignore[override]
+        self, model: MMVAEPlus, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
+    ) -> ObjectiveOutput:
         blocks = model.encode_blocks(x)
         posterior = model.aggregate(blocks.shared, mask)
         samples = self.draw(model, blocks, posterior)

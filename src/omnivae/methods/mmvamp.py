@@ -20,8 +20,8 @@ metric works unchanged (:class:`BlockLatentVAE`):
 - decoder m reads block m of z (``decode``, ``decode_mean``, ``modality_log_likelihood``);
 - ``prior()`` is N(0, I_L);
 - the posterior given a subset S (``subset_posteriors``, ``encode``) is block-wise
-  independent (:class:`BlockPosterior`): block m is q(z_m | x_m) when m is in S, and
-  otherwise the model's aggregator over the observed experts, by default their uniform
+  independent (:class:`~omnivae.distributions.ConcatenatedBlocks`): block m is
+  q(z_m | x_m) when m is in S, and otherwise the model's aggregator over the observed experts, by default their uniform
   mixture (1/|S|) sum_{j in S} q(z_j | x_j). Generating a missing modality m thus decodes
   the latent of an observed modality with m's decoder, the conditional generation of the
   paper (Sec. 5, "Evaluation"; App. B.2.3, "For the independent VAEs and the MM-VAMP-VAE,
@@ -43,14 +43,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, constraints
+from torch.distributions import Distribution, Independent
 
 from omnivae.aggregators import Aggregator
 from omnivae.distributions import (
+    ConcatenatedBlocks,
     GaussianExperts,
     RowwiseChoice,
     SubsetMixture,
@@ -63,13 +64,12 @@ from omnivae.modalities import ModalitySpec
 from omnivae.models.base import MultimodalVAE
 from omnivae.models.options import MethodOptions, option
 from omnivae.models.recipe import ModelParts, Recipe
-from omnivae.objectives import ELBO, Objective, ObjectiveOutput
+from omnivae.objectives import ELBO, Objective, ObjectiveOutput, check_beta
 
 if TYPE_CHECKING:
     from omnivae.models.config import ModelConfig
 
 __all__ = [
-    "BlockPosterior",
     "BlockLatentVAE",
     "MMVAMPOptions",
     "IndependentELBO",
@@ -82,77 +82,6 @@ __all__ = [
 ]
 
 KL_ESTIMATORS = ("pairwise", "mc")
-
-
-class BlockPosterior(Distribution):
-    """Independent blocks concatenated into one latent vector: q(z) = prod_m q_m(z_m).
-
-    The posterior of :class:`BlockLatentVAE` over z = (z_1, ..., z_M): block m is a
-    distribution over the D latent dimensions of modality m (MM-VAMP paper, Eq. 3 and
-    App. B.2: each modality has its own latent). ``mean`` and samples concatenate the
-    blocks' means and samples; ``log_prob`` sums the blocks' log-densities.
-
-    Args:
-        blocks: M distributions, each with batch shape ``[*B]`` (all the same) and event
-            shape ``[D]``. A block that is a mixture samples one component per row.
-
-    Shapes:
-        ``sample(sample_shape)``: ``[*sample_shape, *B, M * D]``; ``log_prob(z [..., *B,
-        M * D])``: ``[..., *B]``; ``mean``: ``[*B, M * D]``.
-
-    Example:
-        >>> q = BlockPosterior([diagonal_normal(torch.zeros(5, 2), torch.ones(5, 2))] * 3)
-        >>> q.sample(torch.Size([4])).shape
-        torch.Size([4, 5, 6])
-    """
-
-    arg_constraints: dict = {}
-    support = constraints.real_vector
-    has_rsample = True
-
-    def __init__(self, blocks: Sequence[Distribution]) -> None:
-        if not blocks:
-            raise ValueError("a BlockPosterior needs at least one block")
-        self.blocks = tuple(blocks)
-        sizes = {b.event_shape for b in self.blocks}
-        if len(sizes) != 1 or len(next(iter(sizes))) != 1:
-            raise ValueError(f"blocks need one common vector event shape, got {sorted(sizes)}")
-        self.block_size = int(self.blocks[0].event_shape[0])
-        batch = torch.broadcast_shapes(*(b.batch_shape for b in self.blocks))
-        super().__init__(
-            batch_shape=batch,
-            event_shape=torch.Size([self.block_size * len(self.blocks)]),
-            validate_args=False,
-        )
-
-    def split(self, value: Tensor) -> list[Tensor]:
-        """The blocks of ``value [..., M * D]`` as M tensors ``[..., D]``."""
-        return list(value.split(self.block_size, dim=-1))
-
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        sample_shape = torch.Size(sample_shape)
-        parts = [b.rsample(sample_shape) for b in self.blocks]
-        shape = sample_shape + self.batch_shape + torch.Size([self.block_size])
-        return torch.cat([p.expand(shape) for p in parts], dim=-1)
-
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        total = None
-        for block, part in zip(self.blocks, self.split(value)):
-            term = block.log_prob(part)
-            total = term if total is None else total + term
-        return total
-
-    @property
-    def mean(self) -> Tensor:
-        shape = self.batch_shape + torch.Size([self.block_size])
-        return torch.cat([b.mean.expand(shape) for b in self.blocks], dim=-1)
-
-    def expand(self, batch_shape, _instance=None):  # pragma: no cover - not needed
-        raise NotImplementedError("BlockPosterior does not support expand")
 
 
 def masked_experts(experts: GaussianExperts, mask: Tensor) -> GaussianExperts:
@@ -211,7 +140,7 @@ def mixture_kl_bound(posterior: Distribution, prior: SubsetMixture) -> Tensor:
         ``[M, *B]``.
     """
     components, log_weights = prior.all_components()  # batch [C, *B], [C, *B]
-    base = posterior.base_dist
+    base = cast(Independent, posterior).base_dist
     spread = diagonal_normal(base.loc.unsqueeze(1), base.scale.unsqueeze(1))  # [M, 1, *B]
     kl = kl_divergence(spread, components)  # [M, C, *B]
     valid = torch.isfinite(log_weights)
@@ -227,7 +156,8 @@ class BlockLatentVAE(MultimodalVAE):
     "Encoder and Decoder": q(z_m | x_m) and p(x_m | z_m) per modality). The latent is the
     concatenation z = (z_1, ..., z_M) of size L = M * D; decoder m reads block m.
 
-    Posteriors (all :class:`BlockPosterior`, batch ``[*B]``, event ``[L]``, from :meth:`posterior`):
+    Posteriors (all :class:`~omnivae.distributions.ConcatenatedBlocks`, batch ``[*B]``, event ``[L]``,
+    from :meth:`posterior`):
 
     - ``subset_posteriors(x, subsets)`` and ``encode(x, mask)``: block m is q(z_m | x_m)
       where m is in the subset (and observed), otherwise the aggregator's inference
@@ -258,6 +188,8 @@ class BlockLatentVAE(MultimodalVAE):
             checkpointed and a resumed run continues the prior annealing where it was).
     """
 
+    annealing_step: Tensor
+
     def __init__(
         self,
         modalities: Sequence[ModalitySpec],
@@ -285,7 +217,7 @@ class BlockLatentVAE(MultimodalVAE):
         """``[M, *B, D]`` to ``[*B, M * D]`` (block m first in line m)."""
         return blocks.movedim(0, -2).reshape(*blocks.shape[1:-1], self.latent_size)
 
-    def block_posterior(self, experts: GaussianExperts, mask: Tensor) -> BlockPosterior:
+    def block_posterior(self, experts: GaussianExperts, mask: Tensor) -> ConcatenatedBlocks:
         """Own posterior for observed blocks, the aggregator's posterior of the observed ones elsewhere.
 
         Args:
@@ -293,9 +225,9 @@ class BlockLatentVAE(MultimodalVAE):
             mask: ``[M, *B]``; every row needs one True.
         """
         clean = masked_experts(experts, mask)
-        filler = self.aggregator.infer(clean, mask)  # batch [*B]
+        filler = self.require_aggregator().infer(clean, mask)  # batch [*B]
         blocks = [RowwiseChoice(mask[m], clean.select(m), filler) for m in range(self.num_modalities)]
-        return BlockPosterior(blocks)
+        return ConcatenatedBlocks(blocks)
 
     # -- the single-latent API -------------------------------------------------------------
     def prior(self) -> Distribution:
@@ -304,7 +236,7 @@ class BlockLatentVAE(MultimodalVAE):
         loc, scale = base.base_dist.loc, base.base_dist.scale
         return diagonal_normal(loc.repeat(self.num_modalities), scale.repeat(self.num_modalities))
 
-    def posterior(self, x: dict[str, Tensor], members: Tensor, *, proposal: bool = False) -> BlockPosterior:
+    def posterior(self, x: dict[str, Tensor], members: Tensor, *, proposal: bool = False) -> ConcatenatedBlocks:
         """Block posteriors of ``members [M, *S, B]`` from one encoder pass: batch ``[*S, B]``, event ``[L]``.
 
         Block m is q(z_m | x_m) where m is a member; elsewhere the aggregator's inference
@@ -318,7 +250,7 @@ class BlockLatentVAE(MultimodalVAE):
         zeros = torch.zeros_like(clean.loc[0])
         standard = diagonal_normal(zeros, torch.ones_like(zeros))
         blocks = [RowwiseChoice(members[m], clean.select(m), standard) for m in range(self.num_modalities)]
-        return BlockPosterior(blocks)
+        return ConcatenatedBlocks(blocks)
 
     def decoder_input(self, name: str, z: Tensor) -> Tensor:
         """Decoder m reads block m of ``z [..., L]``: z_m ``[..., D]``."""
@@ -338,8 +270,7 @@ class IndependentELBO(Objective):
     """
 
     def __init__(self, beta: float = 1.0) -> None:
-        if not beta >= 0:
-            raise UserError(f"beta must be >= 0, got {beta}")
+        check_beta(beta)
         self.beta = beta
 
     def sample_blocks(

@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Independent
 
 from omnivae.distributions import GaussianExperts, diagonal_normal
 from omnivae.errors import UserError
@@ -75,7 +75,7 @@ from omnivae.models.base import MultimodalVAE
 from omnivae.models.options import MethodOptions, option
 from omnivae.models.recipe import ModelParts, Recipe
 from omnivae.nn import MLP, GaussianEncoder, build_decoder, build_encoder
-from omnivae.objectives import Objective, ObjectiveOutput
+from omnivae.objectives import Objective, ObjectiveOutput, check_beta
 
 if TYPE_CHECKING:
     from omnivae.models.config import ModelConfig
@@ -180,7 +180,7 @@ class Nexus(MultimodalVAE):
         """The message of every modality from its bottom latent ``[M, B, bottom_dim]``: ``[M, B, msg_dim]``."""
         return torch.stack([self.message_encoders[name](bottom[i]) for i, name in enumerate(self.names)])
 
-    def top_posterior(self, messages: Tensor, kept: Tensor) -> Distribution:
+    def top_posterior(self, messages: Tensor, kept: Tensor) -> Independent:
         """q(z_sigma | mean of the kept messages): diagonal Gaussian with batch ``[*B]``.
 
         Args:
@@ -257,8 +257,7 @@ class NexusObjective(Objective):
     """
 
     def __init__(self, beta: float = 1.0, gamma: float = 1.0, dropout: float = 0.2) -> None:
-        if not beta >= 0:
-            raise UserError(f"beta must be >= 0, got {beta}")
+        check_beta(beta)
         if not gamma >= 0:
             raise UserError(f"gamma (Nexus's top-level weight) must be >= 0, got {gamma}")
         if not 0 <= dropout <= 1:

@@ -100,7 +100,19 @@ class ModelConfig:
             raise UserError(f"the covariance rank must be >= 1, got {self.rank}", parameter="rank")
         if self.joint_encoder not in JOINT_ENCODERS:
             raise unknown_name("joint encoder", self.joint_encoder, JOINT_ENCODERS)
+        self._check_unused_legacy_fields()
         self.settings()
+
+    def _check_unused_legacy_fields(self) -> None:
+        """A legacy top-level setting the model does not use is still checked, by the method
+        that has it (as before it was an option): ``tc_ratio=1.5`` is an error for any model."""
+        for name in LEGACY_OPTION_FIELDS:
+            value = getattr(self, name)
+            if value is None or name in MODELS[self.model].options:
+                continue
+            owner = next((r for r in MODELS.values() if name in r.options), None)
+            if owner is not None:
+                build_options(owner.options_type, {name: value}, owner=owner.name)
 
     def option_values(self) -> dict[str, Any]:
         """The user's method options: ``options`` plus the legacy top-level fields the method has."""

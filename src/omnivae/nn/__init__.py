@@ -1,6 +1,7 @@
 """Networks: backbones, the Gaussian encoder head and likelihood heads returning distributions.
 
 Example:
+    >>> import torch
     >>> from omnivae.modalities import ModalitySpec
     >>> from omnivae.nn import build_decoder, build_encoder
     >>> spec = ModalitySpec("m0", (3, 28, 28), "image")

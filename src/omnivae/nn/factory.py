@@ -126,6 +126,7 @@ def build_encoder(
         UserError: For an unknown name or a backbone that does not fit the shape.
 
     Example:
+        >>> import torch
         >>> spec = ModalitySpec("m0", (3, 28, 28), "image")
         >>> encoder = build_encoder(spec, 20)
         >>> [t.shape for t in encoder(torch.rand(4, 3, 28, 28))[:2]]
@@ -213,6 +214,7 @@ def build_decoder(
             scale for a likelihood that has none.
 
     Example:
+        >>> import torch
         >>> spec = ModalitySpec("text", (8, 71), "categorical")
         >>> decoder = build_decoder(spec, 20)
         >>> decoder(torch.randn(4, 20)).log_prob(torch.eye(71)[:8].expand(4, 8, 71)).shape

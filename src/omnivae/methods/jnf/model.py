@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -207,16 +207,20 @@ class JNFVAE(JointEncoderBase):
         loc, scale, _ = self.encoders[name](h)
         return loc, scale
 
+    def flow(self, index: int) -> UnimodalFlow:
+        """f^(j) of modality ``index``."""
+        return cast(UnimodalFlow, self.flows[self.names[index]])
+
     def flow_log_prob(self, index: int, z: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
         """log q_j(z | x_j) of Eq. 10 for modality ``index``: ``z [*, n, D]``, base
         ``loc, scale [n, D]`` (broadcast) -> ``[*, n]``."""
-        z0, ladj = self.flows[self.names[index]].normalise(z)
+        z0, ladj = self.flow(index).normalise(z)
         return torch.distributions.Normal(loc, scale, validate_args=False).log_prob(z0).sum(-1) + ladj
 
     def flow_sample(self, index: int, loc: Tensor, scale: Tensor, noise: Tensor) -> Tensor:
         """z = f^(j)(loc + scale * noise), a draw of q_j(z | x_j) for ``noise ~ N(0, I)``:
         ``[*, n, D]`` with ``loc, scale [n, D]``."""
-        return self.flows[self.names[index]].generate(loc + scale * noise)
+        return self.flow(index).generate(loc + scale * noise)
 
     def encode_experts(self, x: dict[str, Tensor], mask: Tensor) -> GaussianExperts:
         """The base Gaussians q_j^(0) ``[M, B, D]`` of the unimodal posteriors (Eq. 10).

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +18,7 @@ from omnivae.distributions import kl_divergence
 from omnivae.errors import UserError, unknown_name
 from omnivae.methods.jnf.model import JNFVAE
 from omnivae.methods.jnf.projectors import contrastive_loss, dcca_loss
-from omnivae.objectives import Objective, ObjectiveOutput
+from omnivae.objectives import Objective, ObjectiveOutput, check_beta
 from omnivae.stages import Stage
 
 __all__ = ["JointVAELoss", "UnimodalPosteriorLoss", "ProjectorLoss", "JNFObjective"]
@@ -47,11 +47,12 @@ class JointVAELoss(Objective):
     """
 
     def __init__(self, beta: float = 1.0) -> None:
-        if not beta >= 0:
-            raise UserError(f"beta must be >= 0, got {beta}")
+        check_beta(beta)
         self.beta = beta
 
-    def __call__(self, model: JNFVAE, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
+    def __call__(  # type: ignore[override]
+        self, model: JNFVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
+    ) -> ObjectiveOutput:
         rows = model.complete_rows(x, mask)
         if not rows.numel():
             zero = _no_gradient_loss(mask.device, model.likelihood_weights.dtype)
@@ -89,7 +90,9 @@ class UnimodalPosteriorLoss(Objective):
             raise UserError(f"stage2_samples must be >= 1, got {num_samples}")
         self.num_samples = num_samples
 
-    def __call__(self, model: JNFVAE, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
+    def __call__(  # type: ignore[override]
+        self, model: JNFVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
+    ) -> ObjectiveOutput:
         rows = model.complete_rows(x, mask)
         if not rows.numel():
             zero = _no_gradient_loss(mask.device, model.likelihood_weights.dtype)
@@ -132,7 +135,9 @@ class ProjectorLoss(Objective):
         self.method = method
         self.temperature = temperature
 
-    def __call__(self, model: JNFVAE, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
+    def __call__(  # type: ignore[override]
+        self, model: JNFVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
+    ) -> ObjectiveOutput:
         rows = model.complete_rows(x, mask)
         if rows.numel() < 2 or model.num_modalities < 2:
             zero = _no_gradient_loss(mask.device, model.likelihood_weights.dtype)
@@ -145,20 +150,24 @@ class ProjectorLoss(Objective):
         return ObjectiveOutput(loss, {self.method: loss.detach()})
 
 
-def _projector_parameters(model: JNFVAE) -> Iterator[nn.Parameter]:
+def _projector_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
     """Stage 0: the projectors g_j."""
+    model = cast(JNFVAE, module)
+    assert model.projectors is not None, "plain JNF has no projector stage"
     return model.projectors.parameters()
 
 
-def _joint_parameters(model: JNFVAE) -> Iterator[nn.Parameter]:
+def _joint_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
     """Stage 1: the joint encoder, the decoders and the prior (theta and phi of Eq. 3)."""
+    model = cast(JNFVAE, module)
     return itertools.chain(
         model.joint_encoder.parameters(), model.decoders.parameters(), model.prior_module.parameters()
     )
 
 
-def _unimodal_parameters(model: JNFVAE) -> Iterator[nn.Parameter]:
+def _unimodal_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
     """Stage 2: the base encoders and the flows of the unimodal posteriors (phi_j of Eq. 8)."""
+    model = cast(JNFVAE, module)
     return itertools.chain(model.encoders.parameters(), model.flows.parameters())
 
 
@@ -222,8 +231,12 @@ class JNFObjective(Objective):
         )
         return tuple(schedule)
 
-    def __call__(self, model: JNFVAE, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
-        parts = [self.joint, self.unimodal] + ([self.projector] if self.projector is not None else [])
+    def __call__(  # type: ignore[override]
+        self, model: JNFVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
+    ) -> ObjectiveOutput:
+        parts: list[JointVAELoss | UnimodalPosteriorLoss | ProjectorLoss] = [self.joint, self.unimodal]
+        if self.projector is not None:
+            parts.append(self.projector)
         loss: Tensor | None = None
         terms: dict[str, Tensor] = {}
         for part in parts:

@@ -352,6 +352,11 @@ class JNFPosterior(Distribution):
         position[order] = torch.arange(len(order), device=order.device)
         return log_z[position[elements]], mean[position[elements]]
 
+    def _joint(self) -> tuple[Tensor, Tensor]:
+        """The joint encoder's ``(loc, scale)``; only asked for where some element uses it."""
+        assert self.joint is not None, "no element observes every modality"
+        return self.joint
+
     # -- the Distribution API -----------------------------------------------------------
     @property
     def mean(self) -> Tensor:
@@ -361,7 +366,7 @@ class JNFPosterior(Distribution):
             out = self.loc.new_zeros(self.members.shape[1], self.latent_dim)
             joint = self.by_kind[0]
             if joint.numel():
-                out[joint] = self.joint[0][self.rows[joint]].detach()
+                out[joint] = self._joint()[0][self.rows[joint]].detach()
             other = torch.cat([self.by_kind[1], self.by_kind[2]])
             if other.numel():
                 out[other] = self._table_for(other)[1]
@@ -393,7 +398,7 @@ class JNFPosterior(Distribution):
         out = flat.new_zeros(flat.shape[:-1])
         joint = self.by_kind[0]
         if joint.numel():
-            loc, scale = self.joint[0][self.rows[joint]], self.joint[1][self.rows[joint]]
+            loc, scale = self._joint()[0][self.rows[joint]], self._joint()[1][self.rows[joint]]
             out = out.index_copy(-1, joint, diagonal_normal(loc, scale).log_prob(flat[..., joint, :]))
         other = torch.cat([self.by_kind[1], self.by_kind[2]])
         if other.numel():
@@ -404,7 +409,7 @@ class JNFPosterior(Distribution):
             out = out.index_copy(-1, other, value_other)
         return out.reshape(*lead, *self.batch_shape)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> Tensor:
         """``[*sample_shape, *batch, D]``: the joint encoder and the flows directly, HMC
         (Eq. 12, App. F) for the other elements, one chain per draw and element."""
         shape = torch.Size(sample_shape)
@@ -415,7 +420,7 @@ class JNFPosterior(Distribution):
             if joint.numel():
                 rows = self.rows[joint]
                 noise = torch.randn(*shape, len(joint), self.latent_dim, dtype=out.dtype, device=out.device)
-                out[..., joint, :] = self.joint[0][rows] + self.joint[1][rows] * noise
+                out[..., joint, :] = self._joint()[0][rows] + self._joint()[1][rows] * noise
             single = self.by_kind[1]
             if single.numel():
                 out[..., single, :] = self._flow_samples(single, shape)[0]
@@ -424,7 +429,7 @@ class JNFPosterior(Distribution):
                 out[..., several, :] = self._hmc(several, shape)
         return out.reshape(*shape, *self.batch_shape, self.latent_dim)
 
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    def rsample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> Tensor:
         raise NotImplementedError("JNF's inference posteriors are sampled by flows and HMC without reparameterisation")
 
     # -- sampling -----------------------------------------------------------------------

@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from omnivae.data.base import ModalitySpec
 from omnivae.errors import UserError
+from omnivae.modalities import ModalitySpec
 from omnivae.nn import build_encoder
 
 __all__ = ["Projector", "cca_total_correlation", "dcca_loss", "contrastive_loss"]
@@ -134,7 +134,7 @@ def dcca_loss(
     if len(projections) < 2:
         raise UserError(f"dcca_loss needs at least 2 views, got {len(projections)}")
     pairs = itertools.combinations(projections, 2)
-    return -sum(cca_total_correlation(a, b, eps=eps, top_k=top_k) for a, b in pairs)
+    return -torch.stack([cca_total_correlation(a, b, eps=eps, top_k=top_k) for a, b in pairs]).sum()
 
 
 def contrastive_loss(
