@@ -400,8 +400,7 @@ class MMVAEPlusOptions(MethodOptions):
 
 def _build_mmvaeplus(config: ModelConfig, modalities: Sequence[ModalitySpec], parts: ModelParts) -> MMVAEPlus:
     """MMVAE+'s networks: encoders with D + W outputs, decoders reading (z, w_m) (Palumbo et al. 2023)."""
-    if config.covariance != "diag":
-        raise UserError("mmvae+ splits each encoder's diagonal Gaussian into z and w; use covariance='diag'", parameter="covariance")
+    parts.require("covariance", "diag", "encoders give one diagonal Gaussian, split into z and w")
     w_dim = config.settings_as(MMVAEPlusOptions).w_dim
     width = config.latent_dim + w_dim
     encoders = nn.ModuleDict(

@@ -354,10 +354,8 @@ def _build_nexus(config: ModelConfig, modalities: Sequence[ModalitySpec], parts:
             "nexus averages deterministic messages, not Gaussian experts; an aggregator does not apply to it",
             parameter="aggregator",
         )
-    if config.covariance != "diag":
-        raise UserError("nexus uses diagonal Gaussian posteriors; use covariance='diag'", parameter="covariance")
-    if config.prior != "normal":
-        raise UserError("nexus's KL terms are to N(0, I); use prior='normal'", parameter="prior")
+    parts.require("covariance", "diag", "posteriors are diagonal Gaussians")
+    parts.require("prior", "normal", "KL terms are to N(0, I)")
     settings = config.settings_as(NexusOptions)
     bottom_dim, msg_dim = settings.bottom_dim, settings.msg_dim
     hidden = [int(h) for h in config.hidden]
