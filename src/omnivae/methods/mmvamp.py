@@ -96,7 +96,7 @@ def masked_experts(experts: GaussianExperts, mask: Tensor) -> GaussianExperts:
         mask: ``[M, *B]``, True = observed.
     """
     if not experts.is_diagonal:
-        raise UserError("MM-VAMP's blocks are diagonal Gaussians; use --covariance diag")
+        raise UserError("MM-VAMP's blocks are diagonal Gaussians; use covariance='diag'", parameter="covariance")
     keep = mask.unsqueeze(-1)
     loc = torch.where(keep, experts.loc, torch.zeros((), dtype=experts.loc.dtype, device=experts.loc.device))
     scale = torch.where(keep, experts.scale, torch.ones((), dtype=experts.scale.dtype, device=experts.scale.device))

@@ -99,7 +99,7 @@ def perceptual_dropout(mask: Tensor, rate: float, generator: torch.Generator | N
         modalities are kept as they are, so no row loses its last modality.
     """
     if not 0 <= rate <= 1:
-        raise UserError(f"the perceptual dropout rate must lie in [0, 1], got {rate}")
+        raise UserError(f"the perceptual dropout rate must lie in [0, 1], got {rate}", parameter="rate")
     count, batch = mask.shape
     device = mask.device
     observed = mask.sum(0)  # [B]
@@ -259,9 +259,9 @@ class NexusObjective(Objective):
     def __init__(self, beta: float = 1.0, gamma: float = 1.0, dropout: float = 0.2) -> None:
         check_beta(beta)
         if not gamma >= 0:
-            raise UserError(f"gamma (Nexus's top-level weight) must be >= 0, got {gamma}")
+            raise UserError(f"gamma (Nexus's top-level weight) must be >= 0, got {gamma}", parameter="gamma")
         if not 0 <= dropout <= 1:
-            raise UserError(f"dropout (Nexus's perceptual dropout rate) must lie in [0, 1], got {dropout}")
+            raise UserError(f"dropout (Nexus's perceptual dropout rate) must lie in [0, 1], got {dropout}", parameter="dropout")
         self.beta = beta
         self.gamma = gamma
         self.dropout = dropout

@@ -98,7 +98,7 @@ class UnimodalPosteriorLoss(Objective):
 
     def __init__(self, num_samples: int = 1) -> None:
         if num_samples < 1:
-            raise UserError(f"stage2_samples must be >= 1, got {num_samples}")
+            raise UserError(f"stage2_samples must be >= 1, got {num_samples}", parameter="stage2_samples")
         self.num_samples = num_samples
 
     def __call__(  # type: ignore[override]
@@ -141,7 +141,7 @@ class ProjectorLoss(Objective):
         if method not in ("dcca", "contrastive"):
             raise unknown_name("projector objective", method, ("dcca", "contrastive"))
         if not temperature > 0:
-            raise UserError(f"temperature must be positive, got {temperature}")
+            raise UserError(f"temperature must be positive, got {temperature}", parameter="temperature")
         self.method = method
         self.temperature = temperature
 
@@ -214,7 +214,7 @@ class JNFObjective(Objective):
     ) -> None:
         if stage2_epochs < 0 or projector_epochs < 0:
             raise UserError(
-                "stage2_epochs and projector_epochs must be >= 0 (0: as --epochs), got "
+                "stage2_epochs and projector_epochs must be >= 0 (0: as many as stage 1), got "
                 f"{stage2_epochs} and {projector_epochs}"
             )
         self.joint = JointVAELoss(beta)
