@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from omnivae.distributions import kl_divergence
+from omnivae.distributions import diagonal_normal, kl_divergence
 from omnivae.errors import UserError, unknown_name
 from omnivae.methods.jnf.model import JNFVAE
 from omnivae.methods.jnf.projectors import contrastive_loss, dcca_loss
@@ -50,14 +50,14 @@ class JointVAELoss(Objective):
         check_beta(beta)
         self.beta = beta
 
-    def __call__(self, model: JNFVAE, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
+    def __call__(self, model: JNFVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0) -> ObjectiveOutput:
         rows = model.complete_rows(x, mask)
         if not rows.numel():
             zero = _no_gradient_loss(mask.device, model.likelihood_weights.dtype)
             return ObjectiveOutput(zero, {"rec": zero.detach(), "kl": zero.detach()})
         xc = _rows(x, model.names, rows)
-        posterior = model.encode_joint(xc)
-        loc, scale = posterior.base_dist.loc, posterior.base_dist.scale
+        loc, scale = model.joint_encoder(xc)
+        posterior = diagonal_normal(loc, scale)
         z = loc + scale * torch.randn(loc.shape, dtype=loc.dtype, device=loc.device)  # reparameterised
         rec = model.log_likelihood(xc, z, mask[:, rows])
         prior = model.prior()
@@ -88,7 +88,7 @@ class UnimodalPosteriorLoss(Objective):
             raise UserError(f"stage2_samples must be >= 1, got {num_samples}")
         self.num_samples = num_samples
 
-    def __call__(self, model: JNFVAE, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
+    def __call__(self, model: JNFVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0) -> ObjectiveOutput:
         rows = model.complete_rows(x, mask)
         if not rows.numel():
             zero = _no_gradient_loss(mask.device, model.likelihood_weights.dtype)
@@ -131,7 +131,7 @@ class ProjectorLoss(Objective):
         self.method = method
         self.temperature = temperature
 
-    def __call__(self, model: JNFVAE, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
+    def __call__(self, model: JNFVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0) -> ObjectiveOutput:
         rows = model.complete_rows(x, mask)
         if rows.numel() < 2 or model.num_modalities < 2:
             zero = _no_gradient_loss(mask.device, model.likelihood_weights.dtype)
@@ -146,6 +146,7 @@ class ProjectorLoss(Objective):
 
 def _projector_parameters(model: JNFVAE) -> Iterator[nn.Parameter]:
     """Stage 0: the projectors g_j."""
+    assert model.projectors is not None, "plain JNF has no projector stage"
     return model.projectors.parameters()
 
 
@@ -221,7 +222,7 @@ class JNFObjective(Objective):
         )
         return tuple(schedule)
 
-    def __call__(self, model: JNFVAE, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
+    def __call__(self, model: JNFVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0) -> ObjectiveOutput:
         parts = [self.joint, self.unimodal] + ([self.projector] if self.projector is not None else [])
         loss: Tensor | None = None
         terms: dict[str, Tensor] = {}
