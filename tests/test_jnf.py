@@ -383,7 +383,7 @@ def test_encode_uses_the_posterior_of_each_rows_observed_set():
 @pytest.mark.parametrize(
     "overrides, pattern",
     [
-        ({"aggregator": "moe"}, "takes no --aggregator"),
+        ({"aggregator": "moe"}, "takes no aggregator"),
         ({"options": {"flow_blocks": -1}}, "flow_blocks"),
         ({"options": {"hmc_prior_power": "twice"}}, "hmc_prior_power"),
         ({"options": {"hmc_step_size": 0}}, "hmc_step_size"),

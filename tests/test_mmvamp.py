@@ -437,5 +437,5 @@ def test_options_and_unsupported_settings_are_refused_clearly():
         _model("independent", options={"kl_estimator": "mc"})
     with pytest.raises(UserError, match="diag"):
         _model("mmvamp", covariance="lowrank", rank=2)
-    with pytest.raises(UserError, match="prior normal"):
+    with pytest.raises(UserError, match="prior=.normal."):
         _model("independent", prior="laplace")

@@ -42,6 +42,7 @@ __all__ = [
     "SubsetMixture",
     "SubsetMode",
     "SampleShape",
+    "RowwiseChoice",
     "diagonal_normal",
     "kl_divergence",
 ]
@@ -420,3 +421,44 @@ def kl_divergence(p: Distribution, q: Distribution) -> Tensor:
         elementwise = 0.5 * (ratio + shift - 1.0 - ratio.log())
         return elementwise.sum(tuple(range(-p.reinterpreted_batch_ndims, 0))) if p.reinterpreted_batch_ndims else elementwise
     return torch.distributions.kl_divergence(p, q)
+
+
+class RowwiseChoice(Distribution):
+    """Per batch element, one of two distributions: ``first`` where ``choose``, else ``second``.
+
+    A model with a joint encoder (:class:`~omnivae.methods.jmvae.JointEncoderVAE`) uses its joint posterior on
+    fully observed rows and a subset posterior elsewhere; the two may be of different
+    kinds (a Gaussian and a mixture). Both are sampled and scored in every row and
+    :func:`torch.where` keeps one, so the unused one gets zero gradient.
+
+    Args:
+        choose: ``BoolTensor[*B]``.
+        first: Distribution with batch ``[*B]`` (or broadcastable to it).
+        second: Distribution with batch ``[*B]`` and the same event shape.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, choose: Tensor, first: Distribution, second: Distribution) -> None:
+        self.choose = choose
+        self.first = first
+        self.second = second
+        super().__init__(batch_shape=choose.shape, event_shape=first.event_shape, validate_args=False)
+
+    def rsample(self, sample_shape: SampleShape = torch.Size()) -> Tensor:
+        sample_shape = torch.Size(sample_shape)
+        a, b = self.first.rsample(sample_shape), self.second.rsample(sample_shape)
+        return torch.where(self.choose.unsqueeze(-1), a, b)
+
+    def sample(self, sample_shape: SampleShape = torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return torch.where(self.choose, self.first.log_prob(value), self.second.log_prob(value))
+
+    @property
+    def mean(self) -> Tensor:
+        return torch.where(self.choose.unsqueeze(-1), self.first.mean, self.second.mean)

@@ -25,13 +25,13 @@ from omnivae.functional import log_mean_exp
 from omnivae.stages import Stage
 
 __all__ = [
+    "MultimodalModel",
     "ObjectiveOutput",
     "Objective",
     "ELBO",
     "MixtureELBO",
     "SubsampledELBO",
     "StratifiedIWAE",
-    "JMVAEKL",
     "MVTCAE",
     "random_subsets",
     "expert_kl",
@@ -55,12 +55,6 @@ class MultimodalModel(Protocol):
     def log_likelihood(
         self, x: dict[str, Tensor], z: Tensor, mask: Tensor, decode_terms: list[list[bool]] | None = None
     ) -> Tensor: ...
-
-
-class JointEncoderModel(MultimodalModel, Protocol):
-    """A model with a joint encoder (:class:`omnivae.models.JointEncoderVAE`)."""
-
-    def training_posterior(self, x: dict[str, Tensor], mask: Tensor) -> tuple[Distribution, GaussianExperts]: ...
 
 
 @dataclass
@@ -312,47 +306,6 @@ def expert_kl(posterior: Distribution, experts: GaussianExperts, mask: Tensor) -
         kl = kl_divergence(posterior, experts.select(index))
         total = total + torch.where(mask[index], kl, zero)
     return total
-
-
-class JMVAEKL(Objective):
-    """The JMVAE-kl objective (Suzuki et al. 2016; JNF paper, Eq. 3 plus alpha times Eq. 7).
-
-    L = sum_m w_m log p(x_m | z) - a [beta KL(q(z | X) || p(z))
-        + alpha sum_m KL(q(z | X) || q(z | x_m))],   z ~ q(z | X),
-
-    with q(z | X) the joint encoder and a the trainer's KL warm-up factor (``kl_weight``),
-    as written in the peer protocols (Sec. 3, "JMVAE-KL"). The second KL pulls each unimodal
-    encoder towards the joint one, covering its support (JNF paper, Sec. 3.2). A row that
-    misses a modality cannot use the joint encoder: its q(z | X) is the model's subset
-    posterior of the observed modalities (JNF paper, Eq. 12), and only observed
-    modalities are reconstructed and enter the sum over m.
-
-    The ``jmvae`` recipe warms a up linearly over 10 epochs, MultiVae's default (peer
-    protocols, Sec. 3); the JNF paper warms up over 100 epochs of its long runs (App. E),
-    so pass ``--warmup-epochs`` to match it.
-
-    Args:
-        beta: Weight of KL(q(z | X) || p(z)).
-        alpha: Weight of the unimodal KL terms (0.1 in Suzuki et al. 2016 and the JNF paper).
-    """
-
-    def __init__(self, beta: float = 1.0, alpha: float = 0.1) -> None:
-        check_beta(beta)
-        if not alpha >= 0:
-            raise UserError(f"alpha must be >= 0, got {alpha}")
-        self.beta = beta
-        self.alpha = alpha
-
-    def __call__(
-        self, model: JointEncoderModel, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
-    ) -> ObjectiveOutput:
-        posterior, experts = model.training_posterior(x, mask)
-        z = posterior.rsample()
-        rec = model.log_likelihood(x, z, mask)
-        kl = kl_divergence(posterior, model.prior())
-        kl_unimodal = expert_kl(posterior, experts, mask)
-        loss = -(rec - kl_weight * (self.beta * kl + self.alpha * kl_unimodal)).mean()
-        return ObjectiveOutput(loss, {"rec": -rec.mean(), "kl": kl.mean(), "kl_unimodal": kl_unimodal.mean()})
 
 
 class MVTCAE(Objective):

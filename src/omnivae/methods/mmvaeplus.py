@@ -88,24 +88,36 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution
 
 from omnivae.aggregators import Aggregator
-from omnivae.data.base import ModalitySpec
-from omnivae.distributions import ConcatenatedBlocks, GaussianExperts, SubsetMixture, diagonal_normal
-from omnivae.errors import DataError, UserError
-from omnivae.models import ModelConfig, ModelParts, MultimodalVAE, Recipe
+from omnivae.distributions import (
+    ConcatenatedBlocks,
+    GaussianExperts,
+    SubsetMixture,
+    diagonal_normal,
+)
+from omnivae.errors import UserError
+from omnivae.modalities import ModalitySpec
+from omnivae.models.base import MultimodalVAE
+from omnivae.models.options import MethodOptions, option
+from omnivae.models.recipe import ModelParts, Recipe
 from omnivae.nn import build_decoder, build_encoder, soft_clamp
 from omnivae.objectives import ObjectiveOutput, StratifiedIWAE, importance_bound
+
+if TYPE_CHECKING:
+    from omnivae.models.config import ModelConfig
 
 __all__ = [
     "SplitExperts",
     "MMVAEPlus",
     "PlusSamples",
     "MMVAEPlusObjective",
+    "MMVAEPlusOptions",
     "RECIPES",
 ]
 
@@ -126,7 +138,7 @@ class SplitExperts:
     loc: Tensor
     scale: Tensor
 
-    def detach(self) -> "SplitExperts":
+    def detach(self) -> SplitExperts:
         return SplitExperts(self.shared.detach(), self.loc.detach(), self.scale.detach())
 
 
@@ -153,6 +165,9 @@ class MMVAEPlus(MultimodalVAE):
     [-7, 5].
     """
 
+    w_prior_loc: Tensor
+    w_prior_scale: Tensor
+
     def __init__(
         self,
         modalities: Sequence[ModalitySpec],
@@ -165,8 +180,8 @@ class MMVAEPlus(MultimodalVAE):
     ) -> None:
         super().__init__(modalities, encoders, decoders, aggregator, prior, likelihood_weights, 0)
         if w_dim < 1:
-            raise UserError(f"w_dim (MMVAE+'s modality-specific latent size) must be >= 1, got {w_dim}")
-        self.shared_dim = int(prior.latent_dim)
+            raise UserError(f"w_dim (MMVAE+'s modality-specific latent size) must be >= 1, got {w_dim}", parameter="w_dim")
+        self.shared_dim = int(cast(int, prior.latent_dim))
         self.w_dim = int(w_dim)
         count = len(self.names)
         self.aux_log_scale = nn.Parameter(torch.zeros(count, self.w_dim))
@@ -230,51 +245,26 @@ class MMVAEPlus(MultimodalVAE):
         scale = torch.where(keep, scale, torch.ones((), dtype=scale.dtype, device=scale.device))
         return diagonal_normal(loc.movedim(0, -2).flatten(-2), scale.movedim(0, -2).flatten(-2))
 
-    def joint_posterior(self, x: dict[str, Tensor], mask: dict[str, Tensor] | Tensor | None = None) -> Distribution:
-        """The importance-sampling proposal over u, batch ``[B]``.
+    def posterior(self, x: dict[str, Tensor], members: Tensor, *, proposal: bool = False) -> Distribution:
+        """Posteriors over u of ``members [M, *S, B]`` from one encoder pass: batch ``[*S, B]``, event ``[L]``.
 
-        The aggregator's training posterior of z (the MoE of the observed experts for
-        ``moe``, the denominator of MMVAE+'s weight) times q(w_m | x_m) for the observed
-        m and p(w_m) for the others.
+        The z block is the aggregator's inference posterior of the members' experts (its
+        training posterior for the ``proposal``: for ``moe`` the MoE of the observed
+        experts, the denominator of MMVAE+'s weight); block w_m is q(w_m | x_m) for a
+        member m and the prior N(0, I) otherwise.
         """
-        mask_tensor = self.stack_mask(x, mask)
         blocks = self.encode_blocks(x)
-        shared = self.aggregate(blocks.shared, mask_tensor)
-        return ConcatenatedBlocks([shared, self._specific_block(blocks.loc, blocks.scale, mask_tensor)])
-
-    def encode(self, x: dict[str, Tensor], mask: dict[str, Tensor] | Tensor | None = None) -> Distribution:
-        """The posterior over u given the observed modalities, batch ``[B]``, event ``[L]``."""
-        mask_tensor = self.stack_mask(x, mask)
-        if not bool(mask_tensor.any(0).all()):
-            raise DataError("every row needs at least one observed modality to encode")
-        blocks = self.encode_blocks(x)
-        shared = self.aggregator.infer(blocks.shared, mask_tensor)
-        return ConcatenatedBlocks([shared, self._specific_block(blocks.loc, blocks.scale, mask_tensor)])
-
-    def subset_posteriors(
-        self, x: dict[str, Tensor], subsets: Tensor, mask: dict[str, Tensor] | Tensor | None = None
-    ) -> Distribution:
-        """Posteriors over u of many subsets from one encoder pass.
-
-        Args:
-            x: ``name -> [B, *shape]``.
-            subsets: ``BoolTensor[S, M]``.
-            mask: What is observed in ``x`` (default: everything present); each subset is
-                intersected with it.
-
-        Returns:
-            :class:`~omnivae.distributions.ConcatenatedBlocks` with batch ``[S, B]`` and
-            event ``[L]``. The z block is the aggregator's posterior of subset s; block w_m
-            is q(w_m | x_m) for m in s and the prior N(0, I) otherwise.
-        """
-        observed = self.stack_mask(x, mask)
-        blocks = self.encode_blocks(x)
-        masks = self.subset_masks(subsets, observed)  # [M, S, B]
-        count = subsets.shape[0]
-        shared = self.aggregator.infer(blocks.shared.expand_samples(torch.Size([count])), masks)
-        loc = blocks.loc.unsqueeze(1).expand(-1, count, -1, -1)
-        scale = blocks.scale.unsqueeze(1).expand(-1, count, -1, -1)
-        return ConcatenatedBlocks([shared, self._specific_block(loc, scale, masks)])
+        shared_experts = self.expand_experts(blocks.shared, members)
+        shared: Distribution
+        if proposal:
+            shared = self.aggregate(shared_experts, members)
+        else:
+            shared = self.require_aggregator().infer(shared_experts, members)
+        lead = members.shape[1:-1]
+        view = (blocks.loc.shape[0], *([1] * len(lead)), *blocks.loc.shape[1:])
+        loc = blocks.loc.reshape(view).expand(-1, *lead, -1, -1)
+        scale = blocks.scale.reshape(view).expand(-1, *lead, -1, -1)
+        return ConcatenatedBlocks([shared, self._specific_block(loc, scale, members)])
 
     def prior(self) -> Distribution:
         """p(u) = p(z) prod_m N(w_m; 0, I), event ``[L]``."""
@@ -388,20 +378,31 @@ class MMVAEPlusObjective(StratifiedIWAE):
         }
         return ObjectiveOutput(-bound.mean(), terms)
 
-    def __call__(self, model: MMVAEPlus, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
+    def __call__(  # type: ignore[override]
+        self, model: MMVAEPlus, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
+    ) -> ObjectiveOutput:
         blocks = model.encode_blocks(x)
         posterior = model.aggregate(blocks.shared, mask)
         samples = self.draw(model, blocks, posterior)
         return self.evaluate(model, x, mask, blocks, posterior, samples, kl_weight)
 
 
+@dataclass(frozen=True)
+class MMVAEPlusOptions(MethodOptions):
+    """MMVAE+'s setting."""
+
+    w_dim: int = option(32, "W, the size of each modality-specific latent w_m")
+
+    def check(self) -> None:
+        if self.w_dim < 1:
+            raise UserError(f"w_dim (MMVAE+'s modality-specific latent size) must be >= 1, got {self.w_dim}", parameter="w_dim")
+
+
 def _build_mmvaeplus(config: ModelConfig, modalities: Sequence[ModalitySpec], parts: ModelParts) -> MMVAEPlus:
     """MMVAE+'s networks: encoders with D + W outputs, decoders reading (z, w_m) (Palumbo et al. 2023)."""
     if config.covariance != "diag":
-        raise UserError("mmvae+ splits each encoder's diagonal Gaussian into z and w; use --covariance diag")
-    w_dim = config.option("w_dim")
-    if w_dim < 1:
-        raise UserError(f"w_dim (MMVAE+'s modality-specific latent size) must be >= 1, got {w_dim}")
+        raise UserError("mmvae+ splits each encoder's diagonal Gaussian into z and w; use covariance='diag'", parameter="covariance")
+    w_dim = config.settings_as(MMVAEPlusOptions).w_dim
     width = config.latent_dim + w_dim
     encoders = nn.ModuleDict(
         {m.name: build_encoder(m, width, backbone=config.backbone, hidden=config.hidden) for m in modalities}
@@ -414,7 +415,7 @@ def _build_mmvaeplus(config: ModelConfig, modalities: Sequence[ModalitySpec], pa
             for m in modalities
         }
     )
-    return MMVAEPlus(modalities, encoders, decoders, parts.aggregator, parts.prior, w_dim, parts.likelihood_weights)
+    return MMVAEPlus(modalities, encoders, decoders, parts.aggregator(), parts.prior(), w_dim, parts.likelihood_weights)
 
 
 RECIPES: tuple[Recipe, ...] = (
@@ -425,6 +426,6 @@ RECIPES: tuple[Recipe, ...] = (
         "moe",
         lambda c: MMVAEPlusObjective(num_samples=c.num_samples, dreg=c.dreg, beta=c.beta),
         build=_build_mmvaeplus,
-        options={"w_dim": 32},
+        options_type=MMVAEPlusOptions,
     ),
 )

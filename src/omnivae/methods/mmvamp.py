@@ -42,21 +42,36 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Independent
 
 from omnivae.aggregators import Aggregator
-from omnivae.data.base import ModalitySpec
-from omnivae.distributions import ConcatenatedBlocks, GaussianExperts, SubsetMixture, diagonal_normal, kl_divergence
-from omnivae.errors import DataError, UserError
+from omnivae.distributions import (
+    ConcatenatedBlocks,
+    GaussianExperts,
+    RowwiseChoice,
+    SubsetMixture,
+    diagonal_normal,
+    kl_divergence,
+)
+from omnivae.errors import UserError
 from omnivae.functional import kl_normal_standard
-from omnivae.models import ModelConfig, ModelParts, MultimodalVAE, Recipe, RowwiseChoice
+from omnivae.modalities import ModalitySpec
+from omnivae.models.base import MultimodalVAE
+from omnivae.models.options import MethodOptions, option
+from omnivae.models.recipe import ModelParts, Recipe
 from omnivae.objectives import ELBO, Objective, ObjectiveOutput, check_beta
+
+if TYPE_CHECKING:
+    from omnivae.models.config import ModelConfig
 
 __all__ = [
     "BlockLatentVAE",
+    "MMVAMPOptions",
     "IndependentELBO",
     "MMVAMPELBO",
     "KL_ESTIMATORS",
@@ -125,7 +140,7 @@ def mixture_kl_bound(posterior: Distribution, prior: SubsetMixture) -> Tensor:
         ``[M, *B]``.
     """
     components, log_weights = prior.all_components()  # batch [C, *B], [C, *B]
-    base = posterior.base_dist
+    base = cast(Independent, posterior).base_dist
     spread = diagonal_normal(base.loc.unsqueeze(1), base.scale.unsqueeze(1))  # [M, 1, *B]
     kl = kl_divergence(spread, components)  # [M, C, *B]
     valid = torch.isfinite(log_weights)
@@ -141,7 +156,8 @@ class BlockLatentVAE(MultimodalVAE):
     "Encoder and Decoder": q(z_m | x_m) and p(x_m | z_m) per modality). The latent is the
     concatenation z = (z_1, ..., z_M) of size L = M * D; decoder m reads block m.
 
-    Posteriors (all :class:`~omnivae.distributions.ConcatenatedBlocks`, batch ``[*B]``, event ``[L]``):
+    Posteriors (all :class:`~omnivae.distributions.ConcatenatedBlocks`, batch ``[*B]``, event ``[L]``,
+    from :meth:`posterior`):
 
     - ``subset_posteriors(x, subsets)`` and ``encode(x, mask)``: block m is q(z_m | x_m)
       where m is in the subset (and observed), otherwise the aggregator's inference
@@ -171,6 +187,8 @@ class BlockLatentVAE(MultimodalVAE):
         annealing_step: Training calls of the objective so far (a buffer, so it is
             checkpointed and a resumed run continues the prior annealing where it was).
     """
+
+    annealing_step: Tensor
 
     def __init__(
         self,
@@ -207,7 +225,7 @@ class BlockLatentVAE(MultimodalVAE):
             mask: ``[M, *B]``; every row needs one True.
         """
         clean = masked_experts(experts, mask)
-        filler = self.aggregator.infer(clean, mask)  # batch [*B]
+        filler = self.require_aggregator().infer(clean, mask)  # batch [*B]
         blocks = [RowwiseChoice(mask[m], clean.select(m), filler) for m in range(self.num_modalities)]
         return ConcatenatedBlocks(blocks)
 
@@ -218,36 +236,21 @@ class BlockLatentVAE(MultimodalVAE):
         loc, scale = base.base_dist.loc, base.base_dist.scale
         return diagonal_normal(loc.repeat(self.num_modalities), scale.repeat(self.num_modalities))
 
-    def encode(self, x: dict[str, Tensor], mask: dict[str, Tensor] | Tensor | None = None) -> Distribution:
-        """The posterior given the observed modalities (the subset posterior of the observed set)."""
-        mask_tensor = self.stack_mask(x, mask)
-        if not bool(mask_tensor.any(0).all()):
-            raise DataError("every row needs at least one observed modality to encode")
-        return self.block_posterior(self.encode_experts(x, mask_tensor), mask_tensor)
+    def posterior(self, x: dict[str, Tensor], members: Tensor, *, proposal: bool = False) -> ConcatenatedBlocks:
+        """Block posteriors of ``members [M, *S, B]`` from one encoder pass: batch ``[*S, B]``, event ``[L]``.
 
-    def joint_posterior(self, x: dict[str, Tensor], mask: dict[str, Tensor] | Tensor | None = None) -> Distribution:
-        """Importance-sampling proposal: q(z_m | x_m) on observed blocks, N(0, I) on the others."""
-        mask_tensor = self.stack_mask(x, mask)
-        clean = masked_experts(self.encode_experts(x, mask_tensor), mask_tensor)
+        Block m is q(z_m | x_m) where m is a member; elsewhere the aggregator's inference
+        posterior of the members' experts, or, for the ``proposal``, the prior N(0, I)
+        (exact for a block the model leaves at its prior).
+        """
+        experts = self.expand_experts(self.encode_experts(x, self.observed_rows(members)), members)
+        if not proposal:
+            return self.block_posterior(experts, members)
+        clean = masked_experts(experts, members)
         zeros = torch.zeros_like(clean.loc[0])
         standard = diagonal_normal(zeros, torch.ones_like(zeros))
-        blocks = [RowwiseChoice(mask_tensor[m], clean.select(m), standard) for m in range(self.num_modalities)]
+        blocks = [RowwiseChoice(members[m], clean.select(m), standard) for m in range(self.num_modalities)]
         return ConcatenatedBlocks(blocks)
-
-    def subset_posteriors(
-        self, x: dict[str, Tensor], subsets: Tensor, mask: dict[str, Tensor] | Tensor | None = None
-    ) -> Distribution:
-        """Block posteriors of many subsets from one encoder pass: batch ``[S, B]``, event ``[L]``.
-
-        Args:
-            x: ``name -> [B, *shape]``.
-            subsets: ``BoolTensor[S, M]``; each is intersected with ``mask``.
-            mask: What is observed in ``x`` (default: everything present).
-        """
-        observed = self.stack_mask(x, mask)
-        experts = self.encode_experts(x, observed)
-        masks = self.subset_masks(subsets, observed)  # [M, S, B]
-        return self.block_posterior(experts.expand_samples(torch.Size([subsets.shape[0]])), masks)
 
     def decoder_input(self, name: str, z: Tensor) -> Tensor:
         """Decoder m reads block m of ``z [..., L]``: z_m ``[..., D]``."""
@@ -287,7 +290,9 @@ class IndependentELBO(Objective):
         """Per-block rate ``[M, B]`` (before masking) and extra terms to report."""
         return kl_normal_standard(experts.loc, experts.var), {}
 
-    def __call__(self, model: BlockLatentVAE, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
+    def __call__(
+        self, model: BlockLatentVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
+    ) -> ObjectiveOutput:
         experts, posterior, z, rec = self.sample_blocks(model, x, mask)
         per_block, terms = self.rate(model, experts, posterior, z, mask)
         rate = torch.where(mask, per_block, torch.zeros((), dtype=per_block.dtype, device=per_block.device)).sum(0)
@@ -343,9 +348,13 @@ class MMVAMPELBO(IndependentELBO):
     def __init__(self, beta: float = 1.0, kl_estimator: str = "pairwise", prior_annealing_steps: int = 0) -> None:
         super().__init__(beta)
         if kl_estimator not in KL_ESTIMATORS:
-            raise UserError(f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, got {kl_estimator!r}")
+            raise UserError(
+                f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, got {kl_estimator!r}", parameter="kl_estimator"
+            )
         if prior_annealing_steps < 0:
-            raise UserError(f"prior_annealing_steps must be >= 0, got {prior_annealing_steps}")
+            raise UserError(
+                f"prior_annealing_steps must be >= 0, got {prior_annealing_steps}", parameter="prior_annealing_steps"
+            )
         self.kl_estimator = kl_estimator
         self.prior_annealing_steps = int(prior_annealing_steps)
 
@@ -359,7 +368,9 @@ class MMVAMPELBO(IndependentELBO):
             step.add_(1)
         return weight
 
-    def rate(self, model, experts, posterior, z, mask) -> tuple[Tensor, dict[str, Tensor]]:
+    def rate(
+        self, model: BlockLatentVAE, experts: GaussianExperts, posterior: Distribution, z: Tensor, mask: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         mixture = model.aggregate(experts, mask)  # h(z | X), batch [B]
         if self.kl_estimator == "mc":
             kl_mixture = mixture_kl_mc(posterior, mixture, z)
@@ -375,17 +386,40 @@ class MMVAMPELBO(IndependentELBO):
         return (1 - weight) * kl_standard + weight * kl_mixture, terms
 
 
+@dataclass(frozen=True)
+class MMVAMPOptions(MethodOptions):
+    """The MM-VAMP objective's settings (:class:`MMVAMPELBO`)."""
+
+    kl_estimator: Literal["pairwise", "mc"] = option(
+        "pairwise", "estimate of KL(q_m || h): the closed-form pairwise bound (reference code) or one-sample MC"
+    )
+    prior_annealing_steps: int = option(0, "training steps of the linear ramp from N(0, I) to h (0: none)")
+
+    def check(self) -> None:
+        if self.prior_annealing_steps < 0:
+            raise UserError(
+                f"prior_annealing_steps must be >= 0, got {self.prior_annealing_steps}", parameter="prior_annealing_steps"
+            )
+
+
 def _build_block_vae(config: ModelConfig, modalities: Sequence[ModalitySpec], parts: ModelParts) -> BlockLatentVAE:
     """The model of ``mmvamp`` and ``independent``: the shared per-modality networks, one block each."""
     if config.covariance != "diag":
-        raise UserError(f"{config.model}'s latent blocks are diagonal Gaussians; use --covariance diag")
+        raise UserError(f"{config.model}'s latent blocks are diagonal Gaussians; use covariance='diag'", parameter="covariance")
     if config.prior != "normal":
         raise UserError(
             f"{config.model}'s per-block prior is N(0, I) (independent VAEs, and MM-VAMP's annealing start); "
-            "use --prior normal"
+            "use prior='normal'",
+            parameter="prior",
         )
-    return BlockLatentVAE(
-        modalities, parts.encoders, parts.decoders, parts.aggregator, parts.prior, parts.likelihood_weights
+    encoders, decoders, aggregator, prior = parts.encoders(), parts.decoders(), parts.aggregator(), parts.prior()
+    return BlockLatentVAE(modalities, encoders, decoders, aggregator, prior, parts.likelihood_weights)
+
+
+def _mmvamp_objective(config: ModelConfig) -> MMVAMPELBO:
+    settings = config.settings_as(MMVAMPOptions)
+    return MMVAMPELBO(
+        beta=config.beta, kl_estimator=settings.kl_estimator, prior_annealing_steps=settings.prior_annealing_steps
     )
 
 
@@ -395,13 +429,9 @@ RECIPES: tuple[Recipe, ...] = (
         "MM-VAMP VAE (per-modality latents, mixture-of-posteriors prior)",
         "Sutter et al., preprint 2024 (MM-VAMP VAE); Eq. 1-4",
         "moe",
-        lambda c: MMVAMPELBO(
-            beta=c.beta,
-            kl_estimator=c.option("kl_estimator"),
-            prior_annealing_steps=c.option("prior_annealing_steps"),
-        ),
+        _mmvamp_objective,
         build=_build_block_vae,
-        options={"kl_estimator": "pairwise", "prior_annealing_steps": 0},
+        options_type=MMVAMPOptions,
     ),
     Recipe(
         "independent",

@@ -2,7 +2,7 @@
 
 Example:
     >>> import torch
-    >>> from omnivae.data.base import ModalitySpec
+    >>> from omnivae.modalities import ModalitySpec
     >>> from omnivae.nn import build_decoder, build_encoder
     >>> spec = ModalitySpec("m0", (3, 28, 28), "image")
     >>> encoder, decoder = build_encoder(spec, 20), build_decoder(spec, 20)

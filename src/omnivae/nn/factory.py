@@ -13,8 +13,8 @@ from typing import Literal
 
 from torch import nn
 
-from omnivae.data.base import ModalitySpec
 from omnivae.errors import UserError, unknown_name
+from omnivae.modalities import ModalitySpec
 from omnivae.nn.backbones import (
     MLP,
     ConvDecoder28,

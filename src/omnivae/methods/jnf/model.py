@@ -9,17 +9,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution
 
-from omnivae.data.base import ModalitySpec
-from omnivae.distributions import GaussianExperts, diagonal_normal
+from omnivae.distributions import GaussianExperts
 from omnivae.errors import DataError, UserError, unknown_name
 from omnivae.methods.jnf.posterior import JNFPosterior
-from omnivae.models import MultimodalVAE, PriorDividedProduct
+from omnivae.modalities import ModalitySpec
+from omnivae.models.joint import JointEncoderBase
 from omnivae.nn import JointEncoder
 
 __all__ = ["HMCSettings", "UnimodalFlow", "JNFVAE"]
@@ -52,16 +51,18 @@ class HMCSettings:
 
     def validate(self) -> None:
         if self.num_steps < 1 or self.leapfrog_steps < 1 or self.adapt_steps < 0:
+            bad = "hmc_steps" if self.num_steps < 1 else "hmc_leapfrog" if self.leapfrog_steps < 1 else "hmc_adapt_steps"
             raise UserError(
                 "JNF's HMC needs hmc_steps >= 1, hmc_leapfrog >= 1 and hmc_adapt_steps >= 0, got "
-                f"{self.num_steps}, {self.leapfrog_steps}, {self.adapt_steps}"
+                f"{self.num_steps}, {self.leapfrog_steps}, {self.adapt_steps}",
+                parameter=bad,
             )
         if not (self.step_size > 0 and math.isfinite(self.step_size)):
-            raise UserError(f"hmc_step_size must be a positive number, got {self.step_size}")
+            raise UserError(f"hmc_step_size must be a positive number, got {self.step_size}", parameter="hmc_step_size")
         if self.prior_power not in ("paper", "once"):
             raise unknown_name("hmc_prior_power", str(self.prior_power), ("paper", "once"))
         if self.mean_samples < 2:
-            raise UserError(f"mean_samples must be >= 2, got {self.mean_samples}")
+            raise UserError(f"mean_samples must be >= 2, got {self.mean_samples}", parameter="mean_samples")
 
 
 # -- networks -------------------------------------------------------------------------------
@@ -83,7 +84,10 @@ class UnimodalFlow(nn.Module):
     def __init__(self, latent_dim: int, blocks: int = 2, hidden: int = 128) -> None:
         super().__init__()
         if blocks < 0 or hidden < 1:
-            raise UserError(f"flow_blocks must be >= 0 and flow_hidden >= 1, got {blocks} and {hidden}")
+            raise UserError(
+                f"flow_blocks must be >= 0 and flow_hidden >= 1, got {blocks} and {hidden}",
+                parameter="flow_blocks" if blocks < 0 else "flow_hidden",
+            )
         self.blocks = blocks
         self.transform: nn.Module | None = None
         if blocks:
@@ -107,7 +111,7 @@ class UnimodalFlow(nn.Module):
 
 
 # -- the model ------------------------------------------------------------------------------
-class JNFVAE(MultimodalVAE):
+class JNFVAE(JointEncoderBase):
     """JNF (and JNF-Shared): joint encoder, decoders, flow posteriors, HMC for subsets.
 
     Senellart et al., Sec. 3. Parameter groups, trained one stage each:
@@ -117,8 +121,9 @@ class JNFVAE(MultimodalVAE):
     - ``encoders.<name>`` (q_j^(0)'s network, reading x_j or g_j(x_j)) and
       ``flows.<name>`` (f^(j)): the unimodal posteriors (stage 2).
 
-    Inference (:meth:`encode`, :meth:`subset_posteriors`, :meth:`joint_posterior`) returns
-    :class:`JNFPosterior`. ``hmc`` holds the sampler's settings (mutable, so evaluation
+    Inference (:meth:`posterior`, behind :meth:`encode`, :meth:`subset_posteriors` and
+    :meth:`joint_posterior`) returns :class:`JNFPosterior`. JNF aggregates no Gaussian
+    experts: it has no aggregator. ``hmc`` holds the sampler's settings (mutable, so evaluation
     may change them on a loaded model); ``last_hmc_acceptance`` is the acceptance rate
     of the latest HMC run, ``hmc_chain_steps`` and ``hmc_seconds`` add up all runs since
     :meth:`reset_sampler_statistics` (:meth:`sampler_statistics` sums them up), and
@@ -147,10 +152,7 @@ class JNFVAE(MultimodalVAE):
         likelihood_weights: dict[str, float] | None = None,
         hmc: HMCSettings | None = None,
     ) -> None:
-        # The aggregator is the Gaussian limit of Eq. 12 (flows with zero blocks); JNF's
-        # own inference never calls it, but the base class keeps one.
-        super().__init__(modalities, encoders, decoders, PriorDividedProduct(), prior, likelihood_weights, 0)
-        self.joint_encoder = joint_encoder
+        super().__init__(modalities, encoders, decoders, None, prior, joint_encoder, likelihood_weights, 0)
         self.flows = flows
         self.projectors = projectors
         self.hmc = hmc or HMCSettings()
@@ -184,19 +186,11 @@ class JNFVAE(MultimodalVAE):
         }
 
     # -- pieces -------------------------------------------------------------------------
-    def has_every_modality(self, x: dict[str, Tensor]) -> bool:
-        return all(name in x for name in self.names)
-
     def complete_rows(self, x: dict[str, Tensor], mask: Tensor) -> Tensor:
         """``LongTensor[n]``: the rows with every modality observed (what stages 0-2 train on)."""
         if not self.has_every_modality(x):
             return torch.zeros(0, dtype=torch.long, device=mask.device)
         return mask.all(0).nonzero().squeeze(-1)
-
-    def encode_joint(self, x: dict[str, Tensor]) -> Distribution:
-        """The joint encoder's q(z | X) (Sec. 3.1), batch ``[B]``; needs every modality."""
-        loc, scale = self.joint_encoder(x)
-        return diagonal_normal(loc, scale)
 
     def project(self, name: str, x: Tensor) -> Tensor:
         """g_j(x_j) ``[B, P]`` of JNF-Shared (Sec. 3.4)."""
@@ -213,16 +207,20 @@ class JNFVAE(MultimodalVAE):
         loc, scale, _ = self.encoders[name](h)
         return loc, scale
 
+    def flow(self, index: int) -> UnimodalFlow:
+        """f^(j) of modality ``index``."""
+        return cast(UnimodalFlow, self.flows[self.names[index]])
+
     def flow_log_prob(self, index: int, z: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
         """log q_j(z | x_j) of Eq. 10 for modality ``index``: ``z [*, n, D]``, base
         ``loc, scale [n, D]`` (broadcast) -> ``[*, n]``."""
-        z0, ladj = self.flows[self.names[index]].normalise(z)
+        z0, ladj = self.flow(index).normalise(z)
         return torch.distributions.Normal(loc, scale, validate_args=False).log_prob(z0).sum(-1) + ladj
 
     def flow_sample(self, index: int, loc: Tensor, scale: Tensor, noise: Tensor) -> Tensor:
         """z = f^(j)(loc + scale * noise), a draw of q_j(z | x_j) for ``noise ~ N(0, I)``:
         ``[*, n, D]`` with ``loc, scale [n, D]``."""
-        return self.flows[self.names[index]].generate(loc + scale * noise)
+        return self.flow(index).generate(loc + scale * noise)
 
     def encode_experts(self, x: dict[str, Tensor], mask: Tensor) -> GaussianExperts:
         """The base Gaussians q_j^(0) ``[M, B, D]`` of the unimodal posteriors (Eq. 10).
@@ -242,41 +240,19 @@ class JNFVAE(MultimodalVAE):
         return GaussianExperts(torch.stack(locs), torch.stack(scales))
 
     # -- inference ----------------------------------------------------------------------
-    def posterior(self, x: dict[str, Tensor], members: Tensor) -> JNFPosterior:
-        """:class:`JNFPosterior` for ``members [M, *batch]`` (last axis: the rows of ``x``)."""
+    def posterior(self, x: dict[str, Tensor], members: Tensor, *, proposal: bool = False) -> JNFPosterior:
+        """:class:`JNFPosterior` for ``members [M, *S, B]``: per element the joint encoder
+        (every modality a member), the flow (one), Eq. 12 by HMC (several).
+
+        The ``proposal`` is the same posterior: the joint encoder q(z | X) on fully
+        observed rows (as the reference protocols, peer protocols "Test log-likelihood"),
+        the posterior of the observed modalities on the others.
+        """
         members = members.to(self.device, torch.bool)
         if not bool(members.any(0).all()):
             raise DataError("a posterior needs at least one observed modality in every row and subset")
-        experts = self.encode_experts(x, members.reshape(members.shape[0], -1))
+        experts = self.encode_experts(x, self.observed_rows(members))
         joint = None
         if self.has_every_modality(x) and bool(members.all(0).any()):
             joint = self.joint_encoder(x)
         return JNFPosterior(self, members, experts.loc, experts.scale, joint)
-
-    def encode(self, x: dict[str, Tensor], mask: dict[str, Tensor] | Tensor | None = None) -> Distribution:
-        """The posterior of each row's observed modalities, batch ``[B]``: the joint encoder
-        (all observed), the flow (one), Eq. 12 by HMC (several)."""
-        mask_tensor = self.stack_mask(x, mask)
-        if not bool(mask_tensor.any(0).all()):
-            raise DataError("every row needs at least one observed modality to encode")
-        return self.posterior(x, mask_tensor)
-
-    def subset_posteriors(
-        self, x: dict[str, Tensor], subsets: Tensor, mask: dict[str, Tensor] | Tensor | None = None
-    ) -> Distribution:
-        """Posteriors of many subsets from one pass of each encoder: batch ``[S, B]``.
-
-        Args:
-            x: ``name -> [B, *shape]``.
-            subsets: ``BoolTensor[S, M]``; each is intersected with ``mask``.
-            mask: What is observed in ``x`` (default: everything present).
-        """
-        observed = self.stack_mask(x, mask)
-        masks = self.subset_masks(subsets, observed)  # [M, S, B]
-        return self.posterior(x, masks)
-
-    def joint_posterior(self, x: dict[str, Tensor], mask: dict[str, Tensor] | Tensor | None = None) -> Distribution:
-        """The importance-sampling proposal: the joint encoder q(z | X) on fully observed
-        rows (as the reference protocols, peer protocols "Test log-likelihood"); on other
-        rows the posterior of the observed modalities (:meth:`encode`)."""
-        return self.encode(x, mask)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator, Sequence
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -144,21 +144,24 @@ class ProjectorLoss(Objective):
         return ObjectiveOutput(loss, {self.method: loss.detach()})
 
 
-def _projector_parameters(model: JNFVAE) -> Iterator[nn.Parameter]:
+def _projector_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
     """Stage 0: the projectors g_j."""
+    model = cast(JNFVAE, module)
     assert model.projectors is not None, "plain JNF has no projector stage"
     return model.projectors.parameters()
 
 
-def _joint_parameters(model: JNFVAE) -> Iterator[nn.Parameter]:
+def _joint_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
     """Stage 1: the joint encoder, the decoders and the prior (theta and phi of Eq. 3)."""
+    model = cast(JNFVAE, module)
     return itertools.chain(
         model.joint_encoder.parameters(), model.decoders.parameters(), model.prior_module.parameters()
     )
 
 
-def _unimodal_parameters(model: JNFVAE) -> Iterator[nn.Parameter]:
+def _unimodal_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
     """Stage 2: the base encoders and the flows of the unimodal posteriors (phi_j of Eq. 8)."""
+    model = cast(JNFVAE, module)
     return itertools.chain(model.encoders.parameters(), model.flows.parameters())
 
 
@@ -223,7 +226,9 @@ class JNFObjective(Objective):
         return tuple(schedule)
 
     def __call__(self, model: JNFVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0) -> ObjectiveOutput:
-        parts = [self.joint, self.unimodal] + ([self.projector] if self.projector is not None else [])
+        parts: list[JointVAELoss | UnimodalPosteriorLoss | ProjectorLoss] = [self.joint, self.unimodal]
+        if self.projector is not None:
+            parts.append(self.projector)
         loss: Tensor | None = None
         terms: dict[str, Tensor] = {}
         for part in parts:

@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from omnivae.data.base import ModalitySpec
 from omnivae.errors import UserError
+from omnivae.modalities import ModalitySpec
 from omnivae.nn import build_encoder
 
 __all__ = ["Projector", "cca_total_correlation", "dcca_loss", "contrastive_loss"]
