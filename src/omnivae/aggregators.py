@@ -24,7 +24,7 @@ mixture instead.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -115,6 +115,8 @@ class WassersteinBarycenter(Aggregator):
             1.9e-6 against 200 iterations; M=5, D=32), so 10 is the default.
     """
 
+    weights: Tensor | None  # a buffer, so that it follows the model's device
+
     def __init__(self, weights: Tensor | None = None, iters: int = 10) -> None:
         super().__init__()
         self.register_buffer("weights", None if weights is None else torch.as_tensor(weights))
@@ -200,7 +202,7 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
 }
 
 
-def build_aggregator(name: str, **kwargs) -> Aggregator:
+def build_aggregator(name: str, **kwargs: Any) -> Aggregator:
     """An aggregator by registry name (``poe``, ``moe``, ``mopoe``, ``wb``, ``mwb``)."""
     if name not in AGGREGATORS:
         raise unknown_name("aggregator", name, list(AGGREGATORS))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -41,6 +41,7 @@ __all__ = [
     "Combiner",
     "SubsetMixture",
     "SubsetMode",
+    "SampleShape",
     "RowwiseChoice",
     "diagonal_normal",
     "kl_divergence",
@@ -90,11 +91,11 @@ class GaussianExperts:
             cov = cov + self.cov_factor @ self.cov_factor.transpose(-1, -2)
         return cov
 
-    def detach(self) -> "GaussianExperts":
+    def detach(self) -> GaussianExperts:
         factor = None if self.cov_factor is None else self.cov_factor.detach()
         return GaussianExperts(self.loc.detach(), self.scale.detach(), factor)
 
-    def expand_samples(self, sample_shape: torch.Size) -> "GaussianExperts":
+    def expand_samples(self, sample_shape: torch.Size) -> GaussianExperts:
         """Experts broadcast to ``[M, *sample_shape, *B, ...]`` without copying."""
         if len(sample_shape) == 0:
             return self
@@ -117,7 +118,10 @@ class GaussianExperts:
 Combiner = Callable[[GaussianExperts, Tensor], Distribution]
 """Maps experts ``[M, *B, D]`` and a mask ``[M, *B]`` to one distribution with batch ``*B``."""
 
-SubsetMode = Union[Literal["full", "all", "singletons"], Tensor]
+SubsetMode = Literal["full", "all", "singletons"] | Tensor
+
+SampleShape = torch.Size | list[int] | tuple[int, ...]
+"""What ``Distribution.sample`` and ``rsample`` accept as ``sample_shape``."""
 
 
 class SubsetMixture(Distribution):
@@ -254,13 +258,13 @@ class SubsetMixture(Distribution):
         return self.combine(experts, masks), log_weights
 
     # -- Distribution API --------------------------------------------------------------
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    def rsample(self, sample_shape: SampleShape = torch.Size()) -> Tensor:
         sample_shape = torch.Size(sample_shape)
         if isinstance(self.subsets, str) and self.subsets == "full":
             return self.full_component().rsample(sample_shape)
         return self.sample_component(sample_shape).rsample()
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    def sample(self, sample_shape: SampleShape = torch.Size()) -> Tensor:
         with torch.no_grad():
             return self.rsample(sample_shape)
 
@@ -294,11 +298,11 @@ class SubsetMixture(Distribution):
         weights = log_weights.exp().unsqueeze(-1)
         return (weights * components.mean).sum(0)
 
-    def detach(self) -> "SubsetMixture":
+    def detach(self) -> SubsetMixture:
         """The same mixture with parameters cut from the graph (for DReG)."""
         return SubsetMixture(self.experts.detach(), self.mask, self.combine, self.subsets)
 
-    def expand(self, batch_shape, _instance=None):  # pragma: no cover - not needed
+    def expand(self, batch_shape: SampleShape, _instance: Distribution | None = None) -> Distribution:  # pragma: no cover
         raise NotImplementedError("SubsetMixture does not support expand")
 
 
@@ -349,20 +353,20 @@ class ConcatenatedBlocks(Distribution):
 
     def _joined(self, parts: Sequence[Tensor], lead: torch.Size) -> Tensor:
         shape = lead + self.batch_shape
-        return torch.cat([part.expand(*shape, size) for part, size in zip(parts, self.sizes)], dim=-1)
+        return torch.cat([part.expand(*shape, size) for part, size in zip(parts, self.sizes, strict=True)], dim=-1)
 
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    def rsample(self, sample_shape: SampleShape = torch.Size()) -> Tensor:
         sample_shape = torch.Size(sample_shape)
         return self._joined([b.rsample(sample_shape) for b in self.blocks], sample_shape)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    def sample(self, sample_shape: SampleShape = torch.Size()) -> Tensor:
         sample_shape = torch.Size(sample_shape)
         with torch.no_grad():
             return self._joined([b.sample(sample_shape) for b in self.blocks], sample_shape)
 
     def log_prob(self, value: Tensor) -> Tensor:
         total = None
-        for block, part in zip(self.blocks, self.split(value)):
+        for block, part in zip(self.blocks, self.split(value), strict=True):
             term = block.log_prob(part)
             total = term if total is None else total + term
         assert total is not None
@@ -372,7 +376,7 @@ class ConcatenatedBlocks(Distribution):
     def mean(self) -> Tensor:
         return self._joined([b.mean for b in self.blocks], torch.Size())
 
-    def expand(self, batch_shape, _instance=None):  # pragma: no cover - not needed
+    def expand(self, batch_shape: SampleShape, _instance: Distribution | None = None) -> Distribution:  # pragma: no cover
         raise NotImplementedError("ConcatenatedBlocks does not support expand")
 
 
@@ -443,12 +447,12 @@ class RowwiseChoice(Distribution):
         self.second = second
         super().__init__(batch_shape=choose.shape, event_shape=first.event_shape, validate_args=False)
 
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    def rsample(self, sample_shape: SampleShape = torch.Size()) -> Tensor:
         sample_shape = torch.Size(sample_shape)
         a, b = self.first.rsample(sample_shape), self.second.rsample(sample_shape)
         return torch.where(self.choose.unsqueeze(-1), a, b)
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    def sample(self, sample_shape: SampleShape = torch.Size()) -> Tensor:
         with torch.no_grad():
             return self.rsample(sample_shape)
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -25,6 +25,7 @@ from omnivae.functional import log_mean_exp
 from omnivae.stages import Stage
 
 __all__ = [
+    "MultimodalModel",
     "ObjectiveOutput",
     "Objective",
     "ELBO",
@@ -40,7 +41,10 @@ __all__ = [
 
 
 class MultimodalModel(Protocol):
-    num_modalities: int
+    """What the generic objectives need of a model (every :class:`~omnivae.models.MultimodalVAE`)."""
+
+    @property
+    def num_modalities(self) -> int: ...
 
     def encode_experts(self, x: dict[str, Tensor], mask: Tensor) -> GaussianExperts: ...
 
@@ -62,11 +66,13 @@ class ObjectiveOutput:
 
 
 class Objective:
-    """Base class for objectives; subclasses implement ``__call__``."""
+    """Base class for objectives; subclasses implement ``__call__``.
 
-    def __call__(
-        self, model: MultimodalModel, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
-    ) -> ObjectiveOutput:
+    ``model`` is typed by each subclass: the generic objectives need a
+    :class:`MultimodalModel`, a method's own objective its own model class.
+    """
+
+    def __call__(self, model: Any, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0) -> ObjectiveOutput:
         raise NotImplementedError
 
     def stages(self, epochs: int) -> tuple[Stage, ...]:
@@ -104,7 +110,9 @@ class ELBO(Objective):
         check_beta(beta)
         self.beta = beta
 
-    def __call__(self, model, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
+    def __call__(
+        self, model: MultimodalModel, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
+    ) -> ObjectiveOutput:
         experts = model.encode_experts(x, mask)
         posterior = model.aggregate(experts, mask)
         component = posterior.sample_component()
@@ -177,7 +185,9 @@ class SubsampledELBO(Objective):
             terms.append(random_subsets(mask, self.num_random_subsets, 2, num_modalities - 1))
         return torch.cat(terms, dim=1)
 
-    def __call__(self, model, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
+    def __call__(
+        self, model: MultimodalModel, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
+    ) -> ObjectiveOutput:
         experts = model.encode_experts(x, mask)
         masks = self.term_masks(mask)  # [M, T, B]
         num_terms = masks.shape[1]
@@ -221,7 +231,9 @@ class StratifiedIWAE(Objective):
         self.dreg = dreg
         self.beta = beta
 
-    def __call__(self, model, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
+    def __call__(
+        self, model: MultimodalModel, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
+    ) -> ObjectiveOutput:
         experts = model.encode_experts(x, mask)
         posterior = model.aggregate(experts, mask)
         z, log_weights = posterior.stratified_rsample(self.num_samples)  # [C, K, B, D], [C, B]
@@ -334,7 +346,9 @@ class MVTCAE(Objective):
         self.beta = beta
         self.tc_ratio = tc_ratio
 
-    def __call__(self, model, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
+    def __call__(
+        self, model: MultimodalModel, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
+    ) -> ObjectiveOutput:
         experts = model.encode_experts(x, mask)
         posterior = model.aggregate(experts, mask).sample_component()
         z = posterior.rsample()

@@ -127,7 +127,7 @@ class JMVAEKL(Objective):
         self.beta = beta
         self.alpha = alpha
 
-    def __call__(  # type: ignore[override]
+    def __call__(
         self, model: JointEncoderModel, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
     ) -> ObjectiveOutput:
         posterior, experts = model.training_posterior(x, mask)

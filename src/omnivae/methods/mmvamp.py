@@ -290,7 +290,7 @@ class IndependentELBO(Objective):
         """Per-block rate ``[M, B]`` (before masking) and extra terms to report."""
         return kl_normal_standard(experts.loc, experts.var), {}
 
-    def __call__(  # type: ignore[override]
+    def __call__(
         self, model: BlockLatentVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
     ) -> ObjectiveOutput:
         experts, posterior, z, rec = self.sample_blocks(model, x, mask)

@@ -319,7 +319,7 @@ class NexusObjective(Objective):
         terms = {"rec": -rec.mean(), "kl": kl.mean(), "top_rec": -prediction.mean(), "top_kl": kl_top.mean()}
         return bottom, top, terms
 
-    def __call__(  # type: ignore[override]
+    def __call__(
         self, model: Nexus, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
     ) -> ObjectiveOutput:
         bottom, top, terms = self.levels(model, x, mask, kl_weight)

@@ -52,7 +52,7 @@ class MLP(nn.Sequential):
     ) -> None:
         layers: list[nn.Module] = [nn.Flatten(start_dim=1)]
         widths = [in_features, *hidden]
-        for a, b in zip(widths[:-1], widths[1:]):
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
             layers += [nn.Linear(a, b), activation()]
         layers.append(nn.Linear(widths[-1], out_features))
         if final_activation:

@@ -13,8 +13,8 @@ from typing import Literal
 
 from torch import nn
 
-from omnivae.modalities import ModalitySpec
 from omnivae.errors import UserError, unknown_name
+from omnivae.modalities import ModalitySpec
 from omnivae.nn.backbones import (
     MLP,
     ConvDecoder28,
@@ -137,9 +137,10 @@ def build_encoder(
         raise unknown_name("covariance", covariance, COVARIANCES)
     shape = tuple(spec.shape)
     body: nn.Module
+    features: int
     if name in _IMAGE_BACKBONES:
         body = _IMAGE_BACKBONES[name][0](shape[0])
-        features = body.out_features
+        features = int(body.out_features)  # type: ignore[arg-type]  # every image backbone sets it
     elif hidden:
         body = MLP(math.prod(shape), tuple(hidden[:-1]), hidden[-1], final_activation=True)
         features = int(hidden[-1])

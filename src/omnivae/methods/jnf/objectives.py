@@ -14,7 +14,7 @@ from typing import Literal, cast
 import torch
 from torch import Tensor, nn
 
-from omnivae.distributions import kl_divergence
+from omnivae.distributions import diagonal_normal, kl_divergence
 from omnivae.errors import UserError, unknown_name
 from omnivae.methods.jnf.model import JNFVAE
 from omnivae.methods.jnf.projectors import contrastive_loss, dcca_loss
@@ -62,15 +62,13 @@ class JointVAELoss(Objective):
         check_beta(beta)
         self.beta = beta
 
-    def __call__(  # type: ignore[override]
-        self, model: JNFVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
-    ) -> ObjectiveOutput:
+    def __call__(self, model: JNFVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0) -> ObjectiveOutput:
         batch = _complete_batch(model, x, mask, ("rec", "kl"))
         if isinstance(batch, ObjectiveOutput):
             return batch
         xc, rows = batch
-        posterior = model.encode_joint(xc)
-        loc, scale = posterior.base_dist.loc, posterior.base_dist.scale
+        loc, scale = model.joint_encoder(xc)
+        posterior = diagonal_normal(loc, scale)
         z = loc + scale * torch.randn(loc.shape, dtype=loc.dtype, device=loc.device)  # reparameterised
         rec = model.log_likelihood(xc, z, mask[:, rows])
         prior = model.prior()
@@ -101,9 +99,7 @@ class UnimodalPosteriorLoss(Objective):
             raise UserError(f"stage2_samples must be >= 1, got {num_samples}", parameter="stage2_samples")
         self.num_samples = num_samples
 
-    def __call__(  # type: ignore[override]
-        self, model: JNFVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
-    ) -> ObjectiveOutput:
+    def __call__(self, model: JNFVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0) -> ObjectiveOutput:
         batch = _complete_batch(model, x, mask, ("uni",))
         if isinstance(batch, ObjectiveOutput):
             return batch
@@ -145,9 +141,7 @@ class ProjectorLoss(Objective):
         self.method = method
         self.temperature = temperature
 
-    def __call__(  # type: ignore[override]
-        self, model: JNFVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
-    ) -> ObjectiveOutput:
+    def __call__(self, model: JNFVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0) -> ObjectiveOutput:
         rows = model.complete_rows(x, mask)
         if rows.numel() < 2 or model.num_modalities < 2:
             zero = _no_gradient_loss(mask.device, model.likelihood_weights.dtype)
@@ -241,9 +235,7 @@ class JNFObjective(Objective):
         )
         return tuple(schedule)
 
-    def __call__(  # type: ignore[override]
-        self, model: JNFVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
-    ) -> ObjectiveOutput:
+    def __call__(self, model: JNFVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0) -> ObjectiveOutput:
         parts: list[JointVAELoss | UnimodalPosteriorLoss | ProjectorLoss] = [self.joint, self.unimodal]
         if self.projector is not None:
             parts.append(self.projector)

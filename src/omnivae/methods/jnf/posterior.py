@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 from torch.distributions import Distribution, constraints
 
-from omnivae.distributions import diagonal_normal
+from omnivae.distributions import SampleShape, diagonal_normal
 from omnivae.errors import UserError
 from omnivae.samplers import hmc
 
@@ -214,6 +214,11 @@ class JNFPosterior(Distribution):
     def latent_dim(self) -> int:
         return int(self.loc.shape[-1])
 
+    def _joint(self) -> tuple[Tensor, Tensor]:
+        """The joint encoder's ``(loc, scale)``; only called when some element uses it."""
+        assert self.joint is not None, "no element observes every modality"
+        return self.joint
+
     def _power(self, elements: Tensor) -> Tensor:
         """The prior's exponent c of Eq. 12 for each element (0 for a single member)."""
         count = self.count[elements].to(self.loc.dtype)
@@ -352,11 +357,6 @@ class JNFPosterior(Distribution):
         position[order] = torch.arange(len(order), device=order.device)
         return log_z[position[elements]], mean[position[elements]]
 
-    def _joint(self) -> tuple[Tensor, Tensor]:
-        """The joint encoder's ``(loc, scale)``; only asked for where some element uses it."""
-        assert self.joint is not None, "no element observes every modality"
-        return self.joint
-
     # -- the Distribution API -----------------------------------------------------------
     @property
     def mean(self) -> Tensor:
@@ -398,7 +398,8 @@ class JNFPosterior(Distribution):
         out = flat.new_zeros(flat.shape[:-1])
         joint = self.by_kind[0]
         if joint.numel():
-            loc, scale = self._joint()[0][self.rows[joint]], self._joint()[1][self.rows[joint]]
+            joint_loc, joint_scale = self._joint()
+            loc, scale = joint_loc[self.rows[joint]], joint_scale[self.rows[joint]]
             out = out.index_copy(-1, joint, diagonal_normal(loc, scale).log_prob(flat[..., joint, :]))
         other = torch.cat([self.by_kind[1], self.by_kind[2]])
         if other.numel():
@@ -409,7 +410,7 @@ class JNFPosterior(Distribution):
             out = out.index_copy(-1, other, value_other)
         return out.reshape(*lead, *self.batch_shape)
 
-    def sample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> Tensor:
+    def sample(self, sample_shape: SampleShape = torch.Size()) -> Tensor:
         """``[*sample_shape, *batch, D]``: the joint encoder and the flows directly, HMC
         (Eq. 12, App. F) for the other elements, one chain per draw and element."""
         shape = torch.Size(sample_shape)
@@ -420,7 +421,8 @@ class JNFPosterior(Distribution):
             if joint.numel():
                 rows = self.rows[joint]
                 noise = torch.randn(*shape, len(joint), self.latent_dim, dtype=out.dtype, device=out.device)
-                out[..., joint, :] = self._joint()[0][rows] + self._joint()[1][rows] * noise
+                joint_loc, joint_scale = self._joint()
+                out[..., joint, :] = joint_loc[rows] + joint_scale[rows] * noise
             single = self.by_kind[1]
             if single.numel():
                 out[..., single, :] = self._flow_samples(single, shape)[0]
@@ -429,7 +431,7 @@ class JNFPosterior(Distribution):
                 out[..., several, :] = self._hmc(several, shape)
         return out.reshape(*shape, *self.batch_shape, self.latent_dim)
 
-    def rsample(self, sample_shape: torch.Size | list[int] | tuple[int, ...] = ()) -> Tensor:
+    def rsample(self, sample_shape: SampleShape = torch.Size()) -> Tensor:
         raise NotImplementedError("JNF's inference posteriors are sampled by flows and HMC without reparameterisation")
 
     # -- sampling -----------------------------------------------------------------------

@@ -20,6 +20,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 from typing import Literal
@@ -134,7 +135,7 @@ def dcca_loss(
     if len(projections) < 2:
         raise UserError(f"dcca_loss needs at least 2 views, got {len(projections)}")
     pairs = itertools.combinations(projections, 2)
-    return -torch.stack([cca_total_correlation(a, b, eps=eps, top_k=top_k) for a, b in pairs]).sum()
+    return -functools.reduce(torch.add, [cca_total_correlation(a, b, eps=eps, top_k=top_k) for a, b in pairs])
 
 
 def contrastive_loss(
