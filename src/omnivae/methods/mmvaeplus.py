@@ -218,19 +218,7 @@ class MMVAEPlus(MultimodalVAE):
 
         Modalities absent from ``x`` get placeholder experts N(0, I); callers mask them out.
         """
-        batch = self.batch_size(x)
-        width = self.shared_dim + self.w_dim
-        dtype = self.likelihood_weights.dtype
-        locs, scales = [], []
-        for name in self.names:
-            if name in x:
-                loc, scale, _ = self.encoders[name](x[name])
-            else:
-                loc = torch.zeros(batch, width, dtype=dtype, device=self.device)
-                scale = torch.ones_like(loc)
-            locs.append(loc)
-            scales.append(scale)
-        loc, scale = torch.stack(locs), torch.stack(scales)
+        loc, scale = self.run_encoders(x, self.shared_dim + self.w_dim, self.gaussian_encoding)
         d = self.shared_dim
         return SplitExperts(GaussianExperts(loc[..., :d], scale[..., :d]), loc[..., d:], scale[..., d:])
 

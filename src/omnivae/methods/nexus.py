@@ -163,18 +163,7 @@ class Nexus(MultimodalVAE):
 
         Modalities absent from ``x`` get N(0, I) placeholders; callers mask them out.
         """
-        batch = self.batch_size(x)
-        dtype = self.likelihood_weights.dtype
-        locs, scales = [], []
-        for name in self.names:
-            if name in x:
-                loc, scale, _ = self.encoders[name](x[name])
-            else:
-                loc = torch.zeros(batch, self.bottom_dim, dtype=dtype, device=self.device)
-                scale = torch.ones_like(loc)
-            locs.append(loc)
-            scales.append(scale)
-        return torch.stack(locs), torch.stack(scales)
+        return self.run_encoders(x, self.bottom_dim, self.gaussian_encoding)
 
     def messages(self, bottom: Tensor) -> Tensor:
         """The message of every modality from its bottom latent ``[M, B, bottom_dim]``: ``[M, B, msg_dim]``."""
