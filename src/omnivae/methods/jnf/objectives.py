@@ -85,7 +85,7 @@ class UnimodalPosteriorLoss(Objective):
 
     def __init__(self, num_samples: int = 1) -> None:
         if num_samples < 1:
-            raise UserError(f"stage2_samples must be >= 1, got {num_samples}")
+            raise UserError(f"stage2_samples must be >= 1, got {num_samples}", parameter="stage2_samples")
         self.num_samples = num_samples
 
     def __call__(self, model: JNFVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0) -> ObjectiveOutput:
@@ -127,7 +127,7 @@ class ProjectorLoss(Objective):
         if method not in ("dcca", "contrastive"):
             raise unknown_name("projector objective", method, ("dcca", "contrastive"))
         if not temperature > 0:
-            raise UserError(f"temperature must be positive, got {temperature}")
+            raise UserError(f"temperature must be positive, got {temperature}", parameter="temperature")
         self.method = method
         self.temperature = temperature
 
@@ -196,11 +196,9 @@ class JNFObjective(Objective):
         projector_epochs: int = 0,
         temperature: float = 0.1,
     ) -> None:
-        if stage2_epochs < 0 or projector_epochs < 0:
-            raise UserError(
-                "stage2_epochs and projector_epochs must be >= 0 (0: as --epochs), got "
-                f"{stage2_epochs} and {projector_epochs}"
-            )
+        for name, value in (("stage2_epochs", stage2_epochs), ("projector_epochs", projector_epochs)):
+            if value < 0:
+                raise UserError(f"{name} must be >= 0 (0: as many as the joint VAE), got {value}", parameter=name)
         self.joint = JointVAELoss(beta)
         self.unimodal = UnimodalPosteriorLoss(stage2_samples)
         self.projector = None if projector is None else ProjectorLoss(projector, temperature)
