@@ -95,7 +95,7 @@ class ProductOfExperts(Aggregator):
 
     def combine(self, experts: GaussianExperts, mask: Tensor) -> Distribution:
         if not experts.is_diagonal:
-            raise UserError("the product of experts needs diagonal covariances; use --covariance diag")
+            raise UserError("the product of experts needs diagonal covariances; use covariance='diag'", parameter="covariance")
         loc, var = poe(experts.loc, experts.var, mask, prior_expert=self.prior_expert)
         return diagonal_normal(loc, var.sqrt())
 

@@ -162,7 +162,7 @@ class SubsampledELBO(Objective):
     def __init__(self, beta: float = 1.0, num_random_subsets: int = 0) -> None:
         check_beta(beta)
         if num_random_subsets < 0:
-            raise UserError("num_random_subsets must be >= 0")
+            raise UserError(f"num_random_subsets must be >= 0, got {num_random_subsets}", parameter="num_random_subsets")
         self.beta = beta
         self.num_random_subsets = num_random_subsets
 
@@ -342,7 +342,7 @@ class MVTCAE(Objective):
     def __init__(self, beta: float = 1.0, tc_ratio: float = 5 / 6) -> None:
         check_beta(beta)
         if not 0 <= tc_ratio <= 1:
-            raise UserError(f"tc_ratio (MVTCAE's alpha) must lie in [0, 1], got {tc_ratio}")
+            raise UserError(f"tc_ratio (MVTCAE's alpha) must lie in [0, 1], got {tc_ratio}", parameter="tc_ratio")
         self.beta = beta
         self.tc_ratio = tc_ratio
 

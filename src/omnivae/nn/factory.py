@@ -84,9 +84,9 @@ def _check(spec: ModalitySpec, latent_dim: int, backbone: str, hidden: Sequence[
             "and a scalar modality needs shape (1,)"
         )
     if latent_dim < 1:
-        raise UserError(f"the latent dimension must be >= 1, not {latent_dim}")
+        raise UserError(f"the latent dimension must be >= 1, not {latent_dim}", parameter="latent_dim")
     if any(int(h) < 1 for h in hidden):
-        raise UserError(f"hidden layer widths must be >= 1, not {tuple(hidden)}")
+        raise UserError(f"hidden layer widths must be >= 1, not {tuple(hidden)}", parameter="hidden")
     if backbone not in BACKBONES:
         raise unknown_name("backbone", backbone, BACKBONES)
     shape = tuple(spec.shape)

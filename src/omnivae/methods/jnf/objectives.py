@@ -206,11 +206,9 @@ class JNFObjective(Objective):
         projector_epochs: int = 0,
         temperature: float = 0.1,
     ) -> None:
-        if stage2_epochs < 0 or projector_epochs < 0:
-            raise UserError(
-                "stage2_epochs and projector_epochs must be >= 0 (0: as many as stage 1), got "
-                f"{stage2_epochs} and {projector_epochs}"
-            )
+        for name, value in (("stage2_epochs", stage2_epochs), ("projector_epochs", projector_epochs)):
+            if value < 0:
+                raise UserError(f"{name} must be >= 0 (0: as many as the joint VAE), got {value}", parameter=name)
         self.joint = JointVAELoss(beta)
         self.unimodal = UnimodalPosteriorLoss(stage2_samples)
         self.projector = None if projector is None else ProjectorLoss(projector, temperature)
