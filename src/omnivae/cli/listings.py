@@ -13,7 +13,12 @@ __all__ = ["add_listings", "cmd_datasets", "cmd_jnf_toy", "cmd_models"]
 
 
 def add_listings(sub: argparse._SubParsersAction[Parser]) -> None:
-    models = sub.add_parser("models", help="list the registered models and aggregators")
+    models = sub.add_parser(
+        "models", help="list the registered models and aggregators",
+        description="List the registered models and aggregators; with a NAME, that model's options "
+                    "(--set KEY=VALUE) with their types, defaults and help.",
+    )
+    models.add_argument("name", nargs="?", help="a model's name: list its options with types and help")
     models.set_defaults(handler=cmd_models)
     datasets = sub.add_parser("datasets", help="list the datasets")
     datasets.set_defaults(handler=cmd_datasets)
@@ -48,9 +53,13 @@ def cmd_jnf_toy(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from omnivae.models import model_table
+    from omnivae.models import model_table, options_table
 
-    print(model_table())
+    if args.name:
+        print(options_table(args.name))
+    else:
+        print(model_table())
+        print("\nomnivae models NAME lists that model's options with their types, defaults and help")
     return 0
 
 

@@ -152,22 +152,25 @@ def build_options(kind: type[OptionsT], values: Mapping[str, object], owner: str
     return kind(**typed)
 
 
-def parse_option_value(kind: type[MethodOptions], key: str, text: str) -> object:
-    """The text of ``--set KEY=VALUE`` as option ``key``'s declared type (not yet range-checked)."""
+def parse_option_value(kind: type[MethodOptions], key: str, text: str, owner: str = "the method") -> object:
+    """The text of ``--set KEY=VALUE`` as option ``key``'s declared type (not yet range-checked).
+
+    ``owner`` names the method in messages.
+    """
     hints = _hints(kind)
     if key not in hints:
         listed = ", ".join(sorted(hints)) or "none"
-        raise UserError(f"no option {key!r}; the options are: {listed}", parameter=key)
+        raise UserError(f"{owner} has no option {key!r}; its options are: {listed}", parameter=key)
     hint = hints[key]
     text = text.strip()
     if hint is bool:
         if text.lower() not in ("true", "false"):
-            raise UserError(f"option {key} must be true or false, got {text!r}", parameter=key)
+            raise UserError(f"{owner} option {key} must be true or false, got {text!r}", parameter=key)
         return text.lower() == "true"
     if hint in (int, float):
         try:
             return hint(text)
         except ValueError:
             wanted = "an integer" if hint is int else "a number"
-            raise UserError(f"option {key} must be {wanted}, got {text!r}", parameter=key) from None
+            raise UserError(f"{owner} option {key} must be {wanted}, got {text!r}", parameter=key) from None
     return text

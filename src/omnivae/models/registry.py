@@ -65,7 +65,7 @@ def recipe_options(name: str) -> tuple[OptionInfo, ...]:
 
 def parse_option(name: str, key: str, text: str) -> object:
     """The text of ``--set KEY=VALUE`` for method ``name``, parsed as option ``key``'s declared type."""
-    return parse_option_value(_recipe(name).options_type, key, text)
+    return parse_option_value(_recipe(name).options_type, key, text, owner=name)
 
 
 def check_networks(

@@ -16,10 +16,10 @@ The rules, in order (the command line calls :func:`merge_options`, then
 Every message here is about what was typed on the command line or in a ``--config``
 file, so it names those flags.
 
-``--set`` values are parsed by :func:`parse_set` without knowing the method: integers,
-numbers, true/false, else text; each method checks the types of its own options. A
-typed parser for a recipe's options belongs in :func:`parse_set`'s caller,
-:func:`merge_options`, once the model is known (see the comment there).
+``--set`` values are parsed by the type the model's recipe declares for each option
+(:func:`parse_typed_set`); an option the model does not have is refused, naming the ones
+it has. Only while the model is unknown (``--resume`` reads it from the run) are they
+guessed by :func:`parse_set`: integers, numbers, true/false, else text.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ __all__ = [
     "merge_options",
     "parse_hidden",
     "parse_set",
+    "parse_typed_set",
     "resolve_new_run",
     "resolve_resume",
 ]
@@ -132,8 +133,8 @@ def merge_options(config: str | None, flags: Mapping[str, object]) -> dict[str, 
     ``hidden`` given as text is parsed, and ``set_options`` (the ``--set`` items) is merged
     into ``options``:
 
-    >>> merge_options(None, {"hidden": "64,32", "set_options": ["w_dim=16"], "beta": None})
-    {'hidden': [64, 32], 'options': {'w_dim': 16}}
+    >>> merge_options(None, {"model": "mmvae+", "hidden": "64,32", "set_options": ["w_dim=16"], "beta": None})
+    {'model': 'mmvae+', 'hidden': [64, 32], 'options': {'w_dim': 16}}
     """
     options = load_config_file(config)
     for key, value in flags.items():
@@ -143,11 +144,9 @@ def merge_options(config: str | None, flags: Mapping[str, object]) -> dict[str, 
         options["hidden"] = parse_hidden(options["hidden"])
     sets = options.pop("set_options", None)
     if sets:
-        # The hook for typed recipe options: once the model is known (options["model"]),
-        # each "KEY=VALUE" can be parsed by the type its recipe declares instead of by
-        # parse_set's guess; the method still validates the values it receives.
+        model = options.get("model") or (None if options.get("resume") else DEFAULT_MODEL)
         method_options = dict(options.get("options") or {})
-        method_options.update(parse_set(item) for item in sets)
+        method_options.update(parse_typed_set(item, model) for item in sets)
         options["options"] = method_options
     return options
 
@@ -174,6 +173,26 @@ def parse_set(item: str) -> tuple[str, object]:
             raise UserError(f"--set {item}: must be a finite number, got {text!r}")
         return key, value
     return key, text
+
+
+def parse_typed_set(item: str, model: str | None) -> tuple[str, object]:
+    """One ``--set`` item parsed by the type that ``model``'s recipe declares for it.
+
+    Falls back to :func:`parse_set`'s guess when the model is not known yet (``--resume``
+    reads it from the run) or is not registered (that is reported when it is built).
+
+    >>> parse_typed_set("alpha=1", "jmvae"), parse_typed_set("w_dim=16", None)
+    (('alpha', 1.0), ('w_dim', 16))
+    """
+    from omnivae.models import MODELS, parse_option
+
+    key, value = parse_set(item)
+    if model is None or model not in MODELS:
+        return key, value
+    parsed = parse_option(model, key, item.partition("=")[2])
+    if isinstance(parsed, float) and not math.isfinite(parsed):
+        raise UserError(f"--set {item}: must be a finite number")
+    return key, parsed
 
 
 def parse_hidden(text: str) -> list[int]:
