@@ -193,3 +193,20 @@ def test_repo_id_offline_is_one_clear_line(exported, tmp_path):
     assert "HF_HUB_OFFLINE" in lines[0]
     assert lines[1].startswith(f"could not push {exported} to the Hugging Face Hub")
     assert not (tmp_path / "hf").exists() or not any((tmp_path / "hf").rglob("*.safetensors"))
+
+
+def test_cli_export(run_dir, tmp_path, capsys):
+    from omnivae.cli import main
+
+    out = tmp_path / "export"
+    assert main(["export", str(run_dir), str(out)]) == 0
+    assert f"wrote {out}" in capsys.readouterr().out
+    assert torch.equal(from_pretrained(out).model.encode(tiny_batch(3)).mean, load_run(run_dir).model.encode(tiny_batch(3)).mean)
+    assert main(["export", str(run_dir), str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not empty" in err[0] and "--overwrite" in err[0]
+    assert main(["export", str(run_dir), str(out), "--overwrite"]) == 0
+    assert main(["export", str(tmp_path / "no-run"), str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("omnivae: error:")
+    assert not (tmp_path / "x").exists()

