@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     hidden = hide_views(len(truth), names, args.missing, rng)
     masked = truth.copy()
     for view in names:
-        masked[np.ix_(hidden[view], columns[view])] = np.nan
+        masked[np.ix_(hidden[view], np.asarray(columns[view]))] = np.nan
 
     # the same standardised input for every method: observed cells' mean and sd per column
     mean, sd = np.nanmean(masked, axis=0), np.nanstd(masked, axis=0)
@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         filled = filled * sd + mean
         errors = {}
         for view in names:
-            rows = hidden[view]
-            diff = (filled[np.ix_(rows, columns[view])] - truth[np.ix_(rows, columns[view])]) / true_sd[columns[view]]
+            rows, cols = hidden[view], np.asarray(columns[view])
+            diff = (filled[np.ix_(rows, cols)] - truth[np.ix_(rows, cols)]) / true_sd[cols]
             errors[view] = float(np.sqrt(np.mean(diff**2)))
         errors["mean of views"] = float(np.mean([errors[v] for v in names]))
         errors["cpu seconds"] = seconds

@@ -8,6 +8,7 @@ import pickle
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -210,3 +211,42 @@ def test_cli_export(run_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("omnivae: error:")
     assert not (tmp_path / "x").exists()
+
+
+def readme_block(heading: str) -> str:
+    """The first ```python block of the README section ``heading``."""
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_hub_section_runs(run_dir, tmp_path, monkeypatch):
+    """The README's code, with the Hub replaced by a fake that records the upload and
+    serves the pushed folder back."""
+    import shutil
+
+    uploaded = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, **kwargs):
+            uploaded["repo"] = repo_id
+
+        def upload_folder(self, *, repo_id, folder_path, **kwargs):
+            shutil.copytree(folder_path, tmp_path / "hub" / repo_id)
+            return type("Info", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/1"})()
+
+    def fake_download(repo_id, **kwargs):
+        return str(tmp_path / "hub" / repo_id)
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    shutil.copytree(run_dir, tmp_path / "runs" / "mwb")
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(readme_block("Use with the Hugging Face Hub"), namespace)
+    assert uploaded["repo"] == "your-name/omnivae-mwb"
+    assert namespace["run"].path == tmp_path / "hub" / "your-name" / "omnivae-mwb"
+    assert namespace["z"].shape == (4, 3)

@@ -194,3 +194,17 @@ def test_impute_mfeat_example_on_a_slice(tmp_path, capsys):
     assert json.loads(out.read_text())["results"]["knn"]["fac"] == pytest.approx(results["knn"]["fac"])
     printed = capsys.readouterr().out
     assert "| method | fac | fou | kar | mor | pix | zer | mean of views | cpu seconds |" in printed
+
+
+def test_readme_sklearn_section_runs():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("\n## Use with scikit-learn\n", 1)[1].split("\n## ", 1)[0]
+    namespace: dict = {}
+    exec(section.split("```python\n", 1)[1].split("```", 1)[0], namespace)
+    X, filled = namespace["X"], namespace["filled"]
+    assert filled.shape == X.shape and not filled.isna().any().any()
+    assert namespace["codes"].shape == (300, 2)
+    assert list(namespace["rows"].columns) == list(X.columns)
+    assert namespace["clf"].score(X, namespace["z"][:, 0] > 0) > 0.7
