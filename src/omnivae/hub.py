@@ -47,7 +47,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as safetensors_bytes
 
 from omnivae import __version__
-from omnivae.data.base import ModalitySpec
+from omnivae.data import ModalitySpec
 from omnivae.errors import RunDirError, UserError
 from omnivae.fileio import fsync_dir, json_bytes, sha256_file
 from omnivae.models import MODELS, ModelConfig, MultimodalVAE, build_model

@@ -37,7 +37,8 @@ from sklearn.base import BaseEstimator, ClassNamePrefixFeaturesOutMixin, Transfo
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_array, check_is_fitted, validate_data
 
-from omnivae.data.base import MODALITY_NAME, ModalitySpec, MultimodalDataset
+from omnivae.data import ModalitySpec, MultimodalDataset
+from omnivae.data.base import MODALITY_NAME
 from omnivae.errors import DataError, UserError
 from omnivae.models import ModelConfig, build_model
 from omnivae.models import MultimodalVAE as _Model
@@ -81,7 +82,8 @@ class MultimodalVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
 
     Attributes:
-        model_: the trained :class:`omnivae.models.MultimodalVAE` (float64, eval mode).
+        model_: the trained :class:`omnivae.models.MultimodalVAE` (float64, on the CPU, in
+            eval mode; ``device`` applies to training only).
         model_config_: its :class:`omnivae.models.ModelConfig` (for
             :func:`omnivae.hub.save_pretrained`).
         modalities_: ``{name: [column positions]}`` in the order of the fitted columns.
