@@ -62,7 +62,8 @@ class MultimodalVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
 
     Args:
         model: a registered method (``omnivae models``), e.g. ``"mwb"``, ``"mopoe"``, ``"poe"``.
-        latent_dim: size of the latent space (the number of ``transform`` columns).
+        latent_dim: size of the latent space (the number of ``transform`` columns; methods
+            with a latent block per modality, MM-VAMP and MMVAE+, give more).
         epochs: passes over the rows.
         batch_size: rows per step (cut to the number of rows when larger).
         lr: Adam's learning rate.
@@ -176,7 +177,10 @@ class MultimodalVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
         self.model_config_ = model_config
         self.model_: _Model = trainer.model.to("cpu").double().eval()
         self.history_ = [float(row["train_loss"]) for row in trainer.history if "train_loss" in row]
-        self._n_features_out = int(self.latent_dim)
+        # methods with one latent block per modality (MM-VAMP, MMVAE+) expose a wider vector
+        with torch.no_grad():
+            probe = {name: torch.zeros(1, len(cols), dtype=torch.float64) for name, cols in layout.items()}
+            self._n_features_out = int(self.model_.encode(probe).mean.shape[-1])
         return self
 
     def transform(self, X: Any) -> np.ndarray:
@@ -371,7 +375,7 @@ class MultimodalVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
     def _latent_mean(self, values: np.ndarray) -> torch.Tensor:
         data, masks = self._tensors(values, torch.float64)
         n = len(values)
-        out = torch.empty(n, int(self.model_.latent_dim), dtype=torch.float64)
+        out = torch.zeros(n, self._n_features_out, dtype=torch.float64)
         any_observed = torch.stack(list(masks.values())).any(0)
         if bool(any_observed.any()):
             rows = any_observed.nonzero().squeeze(1)
@@ -379,13 +383,19 @@ class MultimodalVAE(ClassNamePrefixFeaturesOutMixin, TransformerMixin, BaseEstim
             mask = {k: v[rows] for k, v in masks.items()}
             out[rows] = self.model_.encode(x, mask).mean
         if not bool(any_observed.all()):
-            prior_mean = _prior_mean(self.model_)
-            out[~any_observed] = prior_mean
+            out[~any_observed] = _prior_mean(self.model_, self._n_features_out)
         return out
 
 
-def _prior_mean(model: _Model) -> torch.Tensor:
-    mean = model.prior().mean
+def _prior_mean(model: _Model, width: int) -> torch.Tensor:
+    """The prior's mean, or zeros (the N(0, I) blocks' mean) where the prior has no fixed
+    mean of the latent vector's width (MM-VAMP's prior is built from the observed data)."""
+    try:
+        mean = model.prior().mean
+    except (NotImplementedError, RuntimeError, TypeError, ValueError):
+        return torch.zeros(width, dtype=torch.float64)
     if mean.dim() > 1:
         mean = mean.reshape(-1, mean.shape[-1])[0]
+    if mean.shape[-1] != width:
+        return torch.zeros(width, dtype=torch.float64)
     return mean.to(torch.float64)
