@@ -139,7 +139,7 @@ def test_replaced_weights_are_refused(exported, tmp_path):
 def test_refusals_when_saving(run_dir, exported, tmp_path):
     with pytest.raises(UserError, match="not empty") as err:
         save_pretrained(run_dir, exported)
-    assert err.value.parameter == "directory"
+    assert err.value.parameter == "overwrite"
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("keep me")
     with pytest.raises(UserError, match="not an omnivae pretrained folder"):

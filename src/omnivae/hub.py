@@ -334,7 +334,7 @@ def _check_target(target: Path, overwrite: bool) -> None:
         return
     if not overwrite:
         raise UserError(f"{target} already exists and is not empty; pick another directory or pass overwrite=True",
-                        parameter="directory")
+                        parameter="overwrite")
     if not _is_pretrained(target):
         raise UserError(
             f"overwrite refused: {target} holds files but is not an omnivae pretrained folder; it is not deleted",
