@@ -24,11 +24,20 @@ resumed epoch skips the batches already taken.
 without loading: memory-mapped ``.npy`` files (``np.load(path, mmap_mode="r")``) or
 ``h5py`` datasets. It reads a batch with one sorted fancy index per modality.
 
-Example:
-    >>> arrays = {"img": np.load("img.npy", mmap_mode="r"), "txt": np.load("txt.npy", mmap_mode="r")}
-    >>> data = TorchData(ArrayDataset(arrays), num_workers=2)  # doctest: +SKIP
-    >>> model, objective = build_model(ModelConfig(model="mopoe"), data.modalities)  # doctest: +SKIP
-    >>> Trainer(model, objective, data, TrainConfig(epochs=5)).fit()  # doctest: +SKIP
+Example (two memory-mapped ``.npy`` files, one per modality):
+    >>> import tempfile, pathlib
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> np.save(folder / "img.npy", np.zeros((6, 1, 4, 4), dtype=np.uint8))
+    >>> np.save(folder / "vec.npy", np.ones((6, 3), dtype=np.float32))
+    >>> arrays = {m: np.load(folder / f"{m}.npy", mmap_mode="r") for m in ("img", "vec")}
+    >>> data = TorchData(ArrayDataset(arrays))
+    >>> [(m.name, m.shape, m.kind) for m in data.modalities]
+    [('img', (1, 4, 4), 'image'), ('vec', (3,), 'vector')]
+    >>> len(data), data.num_batches(4)
+    (6, 2)
+
+Training takes it where it takes a ``MultimodalDataset``:
+``Trainer(model, objective, data, TrainConfig(epochs=5)).fit()``.
 """
 
 from __future__ import annotations
