@@ -4,7 +4,8 @@ One module per command group builds its parser and holds its command, a thin cal
 the library: :mod:`~omnivae.cli.train` (option merging in :mod:`omnivae.train.options`),
 :mod:`~omnivae.cli.impute` (:mod:`omnivae.impute`), :mod:`~omnivae.cli.evaluate`
 (``evaluate``, ``sample``), :mod:`~omnivae.cli.benchmark` (``benchmark``, ``reproduce``)
-and :mod:`~omnivae.cli.listings` (``models``, ``datasets``, ``jnf-toy``).
+and :mod:`~omnivae.cli.listings` (``models``, ``datasets``, ``jnf-toy``); :mod:`~omnivae.cli.export`
+(``export``, :mod:`omnivae.hub`).
 
 Exit status 0 on success and 2 for a user mistake, reported as one line on stderr
 (``omnivae: error: ...``) with no traceback; a library error that names a parameter gets
@@ -21,7 +22,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 from omnivae import __version__
-from omnivae.cli import benchmark, evaluate, impute, listings, train
+from omnivae.cli import benchmark, evaluate, export, impute, listings, train
 from omnivae.cli.flags import with_flag
 from omnivae.cli.parser import Parser
 from omnivae.errors import UserError
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_benchmark(sub)
     benchmark.add_reproduce(sub)
     listings.add_listings(sub)
+    export.add_export(sub)
     return parser
 
 
