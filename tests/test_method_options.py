@@ -84,3 +84,24 @@ def test_options_table_lists_type_default_and_help():
     assert "hmc_steps" in text and "int" in text and "100" in text and "App. F" in text
     assert "paper|once" in text
     assert options_table("mwb") == "mwb has no options"
+
+
+def test_a_run_folder_with_top_level_alpha_loads_with_that_alpha(tmp_path):
+    """config.json written before the options were typed: alpha at the top level, options {}."""
+    import json
+
+    from helpers import tiny_splits
+    from omnivae.train import TrainConfig, train
+    from omnivae.train.run import load_run
+
+    run = tmp_path / "run"
+    config = TrainConfig(epochs=1, batch_size=16, seed=0, device="cpu", progress=False)
+    train(tiny_config("jmvae", options={"alpha": 0.3}), config, tiny_splits(16, 8), "tiny", run)
+    stored = json.loads((run / "config.json").read_text())
+    model = stored["model"]
+    assert model["options"] == {"alpha": 0.3} and "alpha" not in model
+    old = {**model, "alpha": 0.3, "tc_ratio": 5 / 6, "options": {}}  # the earlier layout
+    (run / "config.json").write_text(json.dumps({**stored, "model": old}))
+    loaded = load_run(run)
+    assert loaded.model_config.settings().alpha == 0.3
+    assert type(loaded.model).__name__ == "JointEncoderVAE"

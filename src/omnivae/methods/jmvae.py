@@ -155,17 +155,8 @@ class JMVAEOptions(MethodOptions):
 
 def _build(config: ModelConfig, modalities: Sequence[ModalitySpec], parts: ModelParts) -> JointEncoderVAE:
     """JMVAE's model: the shared parts plus a joint encoder (JNF paper, App. E)."""
-    if config.covariance != "diag":
-        raise UserError(
-            f"{config.model}'s joint encoder and subset posteriors are diagonal Gaussians; use covariance='diag'",
-            parameter="covariance",
-        )
-    if config.prior != "normal":
-        raise UserError(
-            f"{config.model}'s subset posterior (JNF paper, Eq. 12) is in closed form for the standard "
-            "normal prior only; use prior='normal'",
-            parameter="prior",
-        )
+    parts.require("covariance", "diag", "joint encoder and subset posteriors are diagonal Gaussians")
+    parts.require("prior", "normal", "subset posterior (JNF paper, Eq. 12) is in closed form for the standard normal prior only")
     encoders, decoders, aggregator, prior = parts.encoders(), parts.decoders(), parts.aggregator(), parts.prior()
     joint = build_joint_encoder(
         modalities, config.latent_dim, backbone=config.backbone, hidden=config.hidden, variant=config.joint_encoder

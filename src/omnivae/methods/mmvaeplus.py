@@ -218,19 +218,7 @@ class MMVAEPlus(MultimodalVAE):
 
         Modalities absent from ``x`` get placeholder experts N(0, I); callers mask them out.
         """
-        batch = self.batch_size(x)
-        width = self.shared_dim + self.w_dim
-        dtype = self.likelihood_weights.dtype
-        locs, scales = [], []
-        for name in self.names:
-            if name in x:
-                loc, scale, _ = self.encoders[name](x[name])
-            else:
-                loc = torch.zeros(batch, width, dtype=dtype, device=self.device)
-                scale = torch.ones_like(loc)
-            locs.append(loc)
-            scales.append(scale)
-        loc, scale = torch.stack(locs), torch.stack(scales)
+        loc, scale = self.run_encoders(x, self.shared_dim + self.w_dim, self.gaussian_encoding)
         d = self.shared_dim
         return SplitExperts(GaussianExperts(loc[..., :d], scale[..., :d]), loc[..., d:], scale[..., d:])
 
@@ -400,8 +388,7 @@ class MMVAEPlusOptions(MethodOptions):
 
 def _build_mmvaeplus(config: ModelConfig, modalities: Sequence[ModalitySpec], parts: ModelParts) -> MMVAEPlus:
     """MMVAE+'s networks: encoders with D + W outputs, decoders reading (z, w_m) (Palumbo et al. 2023)."""
-    if config.covariance != "diag":
-        raise UserError("mmvae+ splits each encoder's diagonal Gaussian into z and w; use covariance='diag'", parameter="covariance")
+    parts.require("covariance", "diag", "encoders give one diagonal Gaussian, split into z and w")
     w_dim = config.settings_as(MMVAEPlusOptions).w_dim
     width = config.latent_dim + w_dim
     encoders = nn.ModuleDict(

@@ -96,7 +96,7 @@ def masked_experts(experts: GaussianExperts, mask: Tensor) -> GaussianExperts:
         mask: ``[M, *B]``, True = observed.
     """
     if not experts.is_diagonal:
-        raise UserError("MM-VAMP's blocks are diagonal Gaussians; use --covariance diag")
+        raise UserError("MM-VAMP's blocks are diagonal Gaussians; use covariance='diag'", parameter="covariance")
     keep = mask.unsqueeze(-1)
     loc = torch.where(keep, experts.loc, torch.zeros((), dtype=experts.loc.dtype, device=experts.loc.device))
     scale = torch.where(keep, experts.scale, torch.ones((), dtype=experts.scale.dtype, device=experts.scale.device))
@@ -404,14 +404,8 @@ class MMVAMPOptions(MethodOptions):
 
 def _build_block_vae(config: ModelConfig, modalities: Sequence[ModalitySpec], parts: ModelParts) -> BlockLatentVAE:
     """The model of ``mmvamp`` and ``independent``: the shared per-modality networks, one block each."""
-    if config.covariance != "diag":
-        raise UserError(f"{config.model}'s latent blocks are diagonal Gaussians; use covariance='diag'", parameter="covariance")
-    if config.prior != "normal":
-        raise UserError(
-            f"{config.model}'s per-block prior is N(0, I) (independent VAEs, and MM-VAMP's annealing start); "
-            "use prior='normal'",
-            parameter="prior",
-        )
+    parts.require("covariance", "diag", "latent blocks are diagonal Gaussians")
+    parts.require("prior", "normal", "per-block prior is N(0, I) (independent VAEs, and MM-VAMP's annealing start)")
     encoders, decoders, aggregator, prior = parts.encoders(), parts.decoders(), parts.aggregator(), parts.prior()
     return BlockLatentVAE(modalities, encoders, decoders, aggregator, prior, parts.likelihood_weights)
 

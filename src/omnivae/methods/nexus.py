@@ -99,7 +99,7 @@ def perceptual_dropout(mask: Tensor, rate: float, generator: torch.Generator | N
         modalities are kept as they are, so no row loses its last modality.
     """
     if not 0 <= rate <= 1:
-        raise UserError(f"the perceptual dropout rate must lie in [0, 1], got {rate}")
+        raise UserError(f"the perceptual dropout rate must lie in [0, 1], got {rate}", parameter="rate")
     count, batch = mask.shape
     device = mask.device
     observed = mask.sum(0)  # [B]
@@ -163,18 +163,7 @@ class Nexus(MultimodalVAE):
 
         Modalities absent from ``x`` get N(0, I) placeholders; callers mask them out.
         """
-        batch = self.batch_size(x)
-        dtype = self.likelihood_weights.dtype
-        locs, scales = [], []
-        for name in self.names:
-            if name in x:
-                loc, scale, _ = self.encoders[name](x[name])
-            else:
-                loc = torch.zeros(batch, self.bottom_dim, dtype=dtype, device=self.device)
-                scale = torch.ones_like(loc)
-            locs.append(loc)
-            scales.append(scale)
-        return torch.stack(locs), torch.stack(scales)
+        return self.run_encoders(x, self.bottom_dim, self.gaussian_encoding)
 
     def messages(self, bottom: Tensor) -> Tensor:
         """The message of every modality from its bottom latent ``[M, B, bottom_dim]``: ``[M, B, msg_dim]``."""
@@ -259,9 +248,9 @@ class NexusObjective(Objective):
     def __init__(self, beta: float = 1.0, gamma: float = 1.0, dropout: float = 0.2) -> None:
         check_beta(beta)
         if not gamma >= 0:
-            raise UserError(f"gamma (Nexus's top-level weight) must be >= 0, got {gamma}")
+            raise UserError(f"gamma (Nexus's top-level weight) must be >= 0, got {gamma}", parameter="gamma")
         if not 0 <= dropout <= 1:
-            raise UserError(f"dropout (Nexus's perceptual dropout rate) must lie in [0, 1], got {dropout}")
+            raise UserError(f"dropout (Nexus's perceptual dropout rate) must lie in [0, 1], got {dropout}", parameter="dropout")
         self.beta = beta
         self.gamma = gamma
         self.dropout = dropout
@@ -354,10 +343,8 @@ def _build_nexus(config: ModelConfig, modalities: Sequence[ModalitySpec], parts:
             "nexus averages deterministic messages, not Gaussian experts; an aggregator does not apply to it",
             parameter="aggregator",
         )
-    if config.covariance != "diag":
-        raise UserError("nexus uses diagonal Gaussian posteriors; use covariance='diag'", parameter="covariance")
-    if config.prior != "normal":
-        raise UserError("nexus's KL terms are to N(0, I); use prior='normal'", parameter="prior")
+    parts.require("covariance", "diag", "posteriors are diagonal Gaussians")
+    parts.require("prior", "normal", "KL terms are to N(0, I)")
     settings = config.settings_as(NexusOptions)
     bottom_dim, msg_dim = settings.bottom_dim, settings.msg_dim
     hidden = [int(h) for h in config.hidden]

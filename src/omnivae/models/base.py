@@ -12,7 +12,7 @@ its decoders read something else than z, :meth:`~MultimodalVAE.decoder_input`.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
@@ -129,6 +129,33 @@ class MultimodalVAE(nn.Module):
             factors.append(factor)
         factor_stack = None if factors[0] is None else torch.stack(factors)
         return GaussianExperts(torch.stack(locs), torch.stack(scales), factor_stack)
+
+    def run_encoders(
+        self, x: dict[str, Tensor], width: int, encode: Callable[[str, Tensor], tuple[Tensor, Tensor]]
+    ) -> tuple[Tensor, Tensor]:
+        """``(loc, scale)``, each ``[M, B, width]``: ``encode(name, x[name])`` once per present
+        modality, N(0, I) placeholders (callers mask them out) for the absent ones.
+
+        For methods whose encoders give something else than experts of this latent (MMVAE+'s
+        (z, w_m), Nexus's bottom latents, JNF's base Gaussians).
+        """
+        batch = self.batch_size(x)
+        dtype = self.likelihood_weights.dtype
+        locs, scales = [], []
+        for name in self.names:
+            if name in x:
+                loc, scale = encode(name, x[name])
+            else:
+                loc = torch.zeros(batch, width, dtype=dtype, device=self.device)
+                scale = torch.ones_like(loc)
+            locs.append(loc)
+            scales.append(scale)
+        return torch.stack(locs), torch.stack(scales)
+
+    def gaussian_encoding(self, name: str, x: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loc, scale)`` of encoder ``name`` (a diagonal :class:`~omnivae.nn.GaussianEncoder`)."""
+        loc, scale, _ = self.encoders[name](x)
+        return loc, scale
 
     @property
     def latent_dim(self) -> int:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from omnivae.aggregators import Aggregator, build_aggregator
+from omnivae.errors import UserError
 from omnivae.modalities import ModalitySpec
 from omnivae.models.base import MultimodalVAE
 from omnivae.models.options import MethodOptions, NoOptions, describe_options
@@ -98,6 +99,12 @@ class ModelParts:
         self.recipe = recipe
         self.own_encoders = dict(encoders or {})
         self.own_decoders = dict(decoders or {})
+
+    def require(self, setting: str, value: str, why: str) -> None:
+        """Refuse a configuration whose ``setting`` is not ``value``: ``why`` says what of the
+        method needs it (``"joint encoder is a diagonal Gaussian"``)."""
+        if getattr(self.config, setting) != value:
+            raise UserError(f"{self.config.model}'s {why}; use {setting}={value!r}", parameter=setting)
 
     @property
     def likelihood_weights(self) -> dict[str, float] | None:

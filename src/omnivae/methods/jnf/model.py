@@ -227,17 +227,7 @@ class JNFVAE(JointEncoderBase):
 
         Modalities absent from ``x`` get N(0, I) placeholders; they are never members.
         """
-        batch = self.batch_size(x)
-        locs, scales = [], []
-        for name in self.names:
-            if name in x:
-                loc, scale = self.base_posterior(name, x[name])
-            else:
-                loc = torch.zeros(batch, self.latent_dim, device=self.device, dtype=self.likelihood_weights.dtype)
-                scale = torch.ones_like(loc)
-            locs.append(loc)
-            scales.append(scale)
-        return GaussianExperts(torch.stack(locs), torch.stack(scales))
+        return GaussianExperts(*self.run_encoders(x, self.latent_dim, self.base_posterior))
 
     # -- inference ----------------------------------------------------------------------
     def posterior(self, x: dict[str, Tensor], members: Tensor, *, proposal: bool = False) -> JNFPosterior:

@@ -33,6 +33,18 @@ def _rows(x: dict[str, Tensor], names: Sequence[str], rows: Tensor) -> dict[str,
     return {name: x[name][rows] for name in names}
 
 
+def _complete_batch(
+    model: JNFVAE, x: dict[str, Tensor], mask: Tensor, terms: Sequence[str]
+) -> tuple[dict[str, Tensor], Tensor] | ObjectiveOutput:
+    """The fully observed rows of the batch and their indices, or, when there is none, the
+    output of a loss that learns nothing (0, no gradient) with the named ``terms`` at 0."""
+    rows = model.complete_rows(x, mask)
+    if not rows.numel():
+        zero = _no_gradient_loss(mask.device, model.likelihood_weights.dtype)
+        return ObjectiveOutput(zero, {name: zero.detach() for name in terms})
+    return _rows(x, model.names, rows), rows
+
+
 class JointVAELoss(Objective):
     """Stage 1 of JNF: the beta-ELBO of the joint VAE (JNF paper, Sec. 3.1, Eq. 3).
 
@@ -51,11 +63,10 @@ class JointVAELoss(Objective):
         self.beta = beta
 
     def __call__(self, model: JNFVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0) -> ObjectiveOutput:
-        rows = model.complete_rows(x, mask)
-        if not rows.numel():
-            zero = _no_gradient_loss(mask.device, model.likelihood_weights.dtype)
-            return ObjectiveOutput(zero, {"rec": zero.detach(), "kl": zero.detach()})
-        xc = _rows(x, model.names, rows)
+        batch = _complete_batch(model, x, mask, ("rec", "kl"))
+        if isinstance(batch, ObjectiveOutput):
+            return batch
+        xc, rows = batch
         loc, scale = model.joint_encoder(xc)
         posterior = diagonal_normal(loc, scale)
         z = loc + scale * torch.randn(loc.shape, dtype=loc.dtype, device=loc.device)  # reparameterised
@@ -89,11 +100,10 @@ class UnimodalPosteriorLoss(Objective):
         self.num_samples = num_samples
 
     def __call__(self, model: JNFVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0) -> ObjectiveOutput:
-        rows = model.complete_rows(x, mask)
-        if not rows.numel():
-            zero = _no_gradient_loss(mask.device, model.likelihood_weights.dtype)
-            return ObjectiveOutput(zero, {"uni": zero.detach()})
-        xc = _rows(x, model.names, rows)
+        batch = _complete_batch(model, x, mask, ("uni",))
+        if isinstance(batch, ObjectiveOutput):
+            return batch
+        xc, _ = batch
         with torch.no_grad():
             loc, scale = model.joint_encoder(xc)
             noise = torch.randn(self.num_samples, *loc.shape, dtype=loc.dtype, device=loc.device)

@@ -112,10 +112,7 @@ def _build_jnf(
             "it takes no aggregator",
             parameter="aggregator",
         )
-    if config.covariance != "diag":
-        raise UserError(
-            f"{config.model}'s encoders are diagonal Gaussians (then flows); use covariance='diag'", parameter="covariance"
-        )
+    parts.require("covariance", "diag", "encoders are diagonal Gaussians (then flows)")
     settings = config.settings_as(JNFOptions)
     # Plain JNF's unimodal encoders read x_j: the shared parts, built first as before.
     encoders = None if shared else parts.encoders()
