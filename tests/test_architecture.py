@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import MODALITIES, tiny_config, tiny_splits
+
 from omnivae import models
 from omnivae.errors import UserError
 from omnivae.train import TrainConfig, load_run, train
@@ -25,21 +25,6 @@ SRC = ROOT / "src" / "omnivae"
 DOC = ROOT / "docs" / "architecture.md"
 MAX_LINES = 500
 
-# Files that other branches of issue 19 are splitting at the same time as this test was
-# written (owner in the value). The lead removes an entry once its split is merged; the
-# strict test below covers every other file.
-PENDING_SPLITS: dict[str, str] = {
-    "src/omnivae/train/trainer.py": "the trainer's engineer",
-    "src/omnivae/cli.py": "r2-split",
-    "src/omnivae/data/tables.py": "r2-split",
-    "src/omnivae/data/polymnist.py": "r2-split",
-    "src/omnivae/data/arrays.py": "r2-split",
-    "src/omnivae/data/mnist_svhn.py": "r2-split",
-    "src/omnivae/report/figures.py": "r2-split",
-    "src/omnivae/metrics/classifiers.py": "r2-split",
-}
-
-
 def _line_counts() -> dict[str, int]:
     return {
         str(path.relative_to(ROOT)): len(path.read_text(encoding="utf-8").splitlines())
@@ -48,14 +33,8 @@ def _line_counts() -> dict[str, int]:
 
 
 def test_no_source_file_is_over_500_lines():
-    long = {p: n for p, n in _line_counts().items() if n > MAX_LINES and p not in PENDING_SPLITS}
+    long = {p: n for p, n in _line_counts().items() if n > MAX_LINES}
     assert not long, f"split these files (at most {MAX_LINES} lines each): {long}"
-
-
-@pytest.mark.xfail(reason="files other branches split (PENDING_SPLITS); the lead removes this mark and the list after merging them")
-def test_files_pending_another_branch_split_are_short():
-    long = {f"{p} ({PENDING_SPLITS[p]})": n for p, n in _line_counts().items() if n > MAX_LINES and p in PENDING_SPLITS}
-    assert not long, f"still over {MAX_LINES} lines: {long}"
 
 
 def _equation_rows() -> list[tuple[str, str, str]]:
