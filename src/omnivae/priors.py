@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torch.distributions import Distribution, Independent, Laplace
 
 from omnivae.distributions import diagonal_normal
@@ -13,9 +13,6 @@ __all__ = ["StandardNormalPrior", "LearnableLaplacePrior", "PRIORS"]
 
 class StandardNormalPrior(nn.Module):
     """p(z) = N(0, I) (Kingma & Welling 2014)."""
-
-    loc: Tensor  # buffers, so that they follow the model's device
-    scale: Tensor
 
     def __init__(self, latent_dim: int) -> None:
         super().__init__()
