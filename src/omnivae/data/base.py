@@ -20,14 +20,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import Tensor
 
 from omnivae.errors import DataError
-
-ModalityKind = Literal["image", "vector", "binary", "categorical"]
+from omnivae.modalities import ModalityKind, ModalitySpec  # noqa: F401  (re-exported: the contract lives there)
 
 #: A modality name: letters, digits, ``_`` and ``-``, starting with a letter or digit, at
 #: most 64 characters. Names become file names (``<modality>.csv``) and array keys, so
@@ -66,27 +64,6 @@ def check_modality_names(names: Iterable[object], source: str) -> None:
         seen[folded] = name
 
 
-@dataclass(frozen=True)
-class ModalitySpec:
-    """What one modality is: its name, per-sample shape and kind.
-
-    Kinds: ``image`` (values in [0, 1], stored as uint8), ``vector`` (real values),
-    ``binary`` (values in {0, 1}) and ``categorical`` (one-hot along the last axis).
-    The kind picks the default backbone and likelihood.
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    kind: ModalityKind = "vector"
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "kind": self.kind}
-
-    @classmethod
-    def from_json(cls, obj: dict) -> "ModalitySpec":
-        return cls(name=obj["name"], shape=tuple(obj["shape"]), kind=obj["kind"])
-
-
 @dataclass
 class Batch:
     """A batch: ``x[name]`` is ``[B, *shape]`` float, ``mask[name]`` is ``BoolTensor[B]``."""
@@ -95,7 +72,7 @@ class Batch:
     mask: dict[str, Tensor]
     labels: Tensor | None = None
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         return Batch(
             {k: v.to(device, non_blocking=True) for k, v in self.x.items()},
             {k: v.to(device, non_blocking=True) for k, v in self.mask.items()},
@@ -175,7 +152,7 @@ class MultimodalDataset:
         first = self.modalities[0].name
         return (self.rows[first] if first in self.rows else self.data[first]).shape[0]
 
-    def subset(self, index: Tensor) -> "MultimodalDataset":
+    def subset(self, index: Tensor) -> MultimodalDataset:
         """The samples at ``index`` (a LongTensor or BoolTensor over samples).
 
         Modalities stored through ``rows`` keep sharing their storage; only the index is
@@ -199,7 +176,7 @@ class MultimodalDataset:
             return stored[self.rows[name] if index is None else self.rows[name][index]]
         return stored if index is None else stored[index]
 
-    def to(self, device: torch.device | str) -> "MultimodalDataset":
+    def to(self, device: torch.device | str) -> MultimodalDataset:
         """The dataset with every tensor on ``device`` (in-memory data lives where it is used)."""
         return MultimodalDataset(
             modalities=self.modalities,

@@ -23,16 +23,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from omnivae.data.base import MultimodalDataset
+from omnivae.data.base import ModalitySpec, MultimodalDataset
 from omnivae.errors import UserError
 from omnivae.functional import psd_sqrt
 from omnivae.metrics.classifiers import ModalityClassifiers
-from omnivae.metrics.common import evaluating, seeded
 from omnivae.metrics.coherence import conditioned_rows, subset_targets
-from omnivae.metrics.common import all_subsets, eval_batches, mean_by_size, progress_bar
+from omnivae.metrics.common import (
+    all_subsets,
+    eval_batches,
+    evaluating,
+    mean_by_size,
+    progress_bar,
+    seeded,
+)
 from omnivae.models import MultimodalVAE
 
-__all__ = ["frechet_distance", "RunningMoments", "generation_frechet", "load_inception_features"]
+__all__ = ["frechet_distance", "RunningMoments", "generation_frechet", "load_inception_features", "image_features"]
 
 #: ``(target modality, samples [N, *shape]) -> features [N, F]``.
 FeatureFn = Callable[[str, Tensor], Tensor]
@@ -97,38 +103,52 @@ class RunningMoments:
             self.count = torch.zeros(x.shape[:-2], dtype=torch.float64, device=x.device)
             self.total = torch.zeros_like(self.shift)
             self.outer = torch.zeros(*x.shape[:-2], x.shape[-1], x.shape[-1], dtype=torch.float64, device=x.device)
-        x = x - self.shift.unsqueeze(-2)
+        shift, count, total, outer = self._moments()
+        x = x - shift.unsqueeze(-2)
         if mask is None:
             weighted = x
-            self.count += x.shape[-2]
+            count += x.shape[-2]
         else:
             weights = mask.to(x.device, torch.float64).unsqueeze(-1)
             weighted = x * weights
-            self.count += weights.sum((-2, -1))
-        self.total += weighted.sum(-2)
-        self.outer += weighted.transpose(-1, -2) @ x
+            count += weights.sum((-2, -1))
+        total += weighted.sum(-2)
+        outer += weighted.transpose(-1, -2) @ x
 
-    def _check(self) -> None:
-        if self.count is None:
+    def _moments(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(shift, count, total, outer)``, updated in place by :meth:`update`."""
+        if self.shift is None or self.count is None or self.total is None or self.outer is None:
             raise ValueError("RunningMoments has seen no features")
+        return self.shift, self.count, self.total, self.outer
 
     @property
     def mean(self) -> Tensor:
         """The mean ``[*K, F]``."""
-        self._check()
-        return self.shift + self.total / self.count.unsqueeze(-1)
+        shift, count, total, _ = self._moments()
+        return shift + total / count.unsqueeze(-1)
 
     @property
     def covariance(self) -> Tensor:
         """The unbiased covariance ``[*K, F, F]`` (``numpy.cov`` with ``ddof=1``)."""
-        self._check()
-        centred = self.total / self.count.unsqueeze(-1)
-        count = self.count[..., None, None]
-        return (self.outer - count * centred.unsqueeze(-1) * centred.unsqueeze(-2)) / (count - 1)
+        _, counts, total, outer = self._moments()
+        centred = total / counts.unsqueeze(-1)
+        count = counts[..., None, None]
+        return (outer - count * centred.unsqueeze(-1) * centred.unsqueeze(-2)) / (count - 1)
 
 
 def _classifier_features(classifiers: ModalityClassifiers) -> FeatureFn:
     return lambda name, x: classifiers.features(name, x)
+
+
+def image_features(
+    images: Callable[[Tensor], Tensor], classifiers: ModalityClassifiers, modalities: Sequence[ModalitySpec]
+) -> FeatureFn:
+    """The ``feature_fn`` of :func:`generation_frechet` that scores image modalities with
+    ``images`` (e.g. :func:`load_inception_features`, FID proper) and every other modality
+    with the classifiers' features, since an image network cannot read vectors or text."""
+    kinds = {spec.name: spec.kind for spec in modalities}
+    others = _classifier_features(classifiers)
+    return lambda name, x: images(x) if kinds[name] == "image" else others(name, x)
 
 
 @torch.no_grad()
@@ -220,7 +240,8 @@ def generation_frechet(
 
     result: dict = {"unconditional": {}, "conditional": {}}
     for name in chosen:
-        if real[name].count is None or float(real[name].count) < 2:
+        seen = real[name].count
+        if seen is None or float(seen) < 2:
             continue
         mu, cov = real[name].mean, real[name].covariance
         result["unconditional"][name] = frechet_distance(mu, cov, prior[name].mean, prior[name].covariance)
@@ -229,7 +250,7 @@ def generation_frechet(
         moments = conditional[name]
         gen_mu, gen_cov = moments.mean, moments.covariance
         for row, s in enumerate(generators[names.index(name)].tolist()):
-            if float(moments.count[row]) < 2:
+            if moments.count is None or float(moments.count[row]) < 2:
                 continue
             distance = frechet_distance(mu, cov, gen_mu[row], gen_cov[row])
             result["conditional"].setdefault(keys[s], {})[name] = distance

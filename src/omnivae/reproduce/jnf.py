@@ -78,7 +78,7 @@ def _claims(experiment: str) -> tuple[Claim, ...]:
     )
 
 
-def _toy(dataset: str, epochs: int) -> Callable[[Path, int, bool], dict]:
+def _toy(dataset: str, epochs: int) -> Callable[[Path, int, bool], dict[str, dict[str, float]]]:
     """The Fig. 2 toy as a resumable extra step: one figure and one ``toy.json`` per seed."""
 
     def run(folder: Path, seed: int, progress: bool) -> dict[str, dict[str, float]]:
