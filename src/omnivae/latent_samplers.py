@@ -77,7 +77,8 @@ class FitSettings:
         components: Mixture components of ``gmm``.
         transforms: Autoregressive transforms of ``maf``.
         hidden: Width of the two hidden layers of each ``maf`` transform.
-        steps: Adam steps of ``maf`` (batches of 256, learning rate 1e-3).
+        steps: Adam steps of ``maf`` (batches of 256).
+        learning_rate: Adam's learning rate for ``maf``.
         num_rows: Training rows encoded (drawn without replacement with ``seed``).
         source: ``"sample"`` (one draw of q(z | X) per row: the aggregated posterior itself)
             or ``"mean"`` (its means).
@@ -88,6 +89,7 @@ class FitSettings:
     transforms: int = 3
     hidden: int = 64
     steps: int = 2000
+    learning_rate: float = 1e-3
     num_rows: int = 10000
     source: str = "sample"
     seed: int = 0
@@ -96,6 +98,8 @@ class FitSettings:
         for key in ("components", "transforms", "hidden", "steps", "num_rows"):
             if getattr(self, key) < 1:
                 raise UserError(f"{key} must be >= 1, got {getattr(self, key)}", parameter=key)
+        if not self.learning_rate > 0:
+            raise UserError(f"learning_rate must be > 0, got {self.learning_rate}", parameter="learning_rate")
         if self.source not in ("sample", "mean"):
             raise unknown_name("latent source", self.source, ("sample", "mean"))
 
@@ -231,7 +235,8 @@ def fit_latent_sampler(kind: str, z: Tensor, settings: FitSettings | None = None
         raise UserError(f"latents to fit must be finite and of shape [N, D], got {tuple(z.shape)}", parameter="z")
     if kind == "gmm":
         return GMMSampler.fit(z, settings.components, settings.seed)
-    return MAFSampler.fit(z, settings.transforms, settings.hidden, settings.steps, settings.seed)
+    return MAFSampler.fit(z, settings.transforms, settings.hidden, settings.steps, settings.seed,
+                          lr=settings.learning_rate)
 
 
 # -- storage ----------------------------------------------------------------------------------
