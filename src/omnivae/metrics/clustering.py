@@ -28,7 +28,13 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from omnivae.data.base import MultimodalDataset
 from omnivae.errors import DataError, UserError
-from omnivae.metrics.common import all_subsets, evaluating, mean_by_size, progress_bar, require_labels
+from omnivae.metrics.common import (
+    all_subsets,
+    evaluating,
+    mean_by_size,
+    progress_bar,
+    require_labels,
+)
 from omnivae.metrics.probe import _subset_means
 from omnivae.models import MultimodalVAE
 
