@@ -137,3 +137,18 @@ def test_bad_sampler_is_one_line_exit_2(argv, run, capsys):
     line = one_error_line(capsys)
     assert "sampler" in line
     assert not sampler_path(run, "gmm").exists()
+
+
+def test_a_read_only_run_still_samples_without_storing(run, monkeypatch):
+    import errno
+
+    import omnivae.latent_samplers as latent_samplers
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(latent_samplers, "save_latent_sampler", refuse)
+    messages = []
+    draw = run_latent_sampler(load_run(run), run, "gmm", settings=FitSettings(components=2), log=messages.append)
+    assert draw(3).shape == (3, 4)
+    assert "not stored (Permission denied)" in messages[0] and not sampler_path(run, "gmm").exists()

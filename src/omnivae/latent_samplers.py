@@ -351,11 +351,15 @@ def run_latent_sampler(
                             f"shape {tuple(z.shape[1:])} and its prior {prior_shape}", parameter="kind")
         sampler = fit_latent_sampler(kind, z, settings)
         average = float(sampler.log_prob(z).mean())
-        save_latent_sampler(sampler, path, {**wanted, "rows": int(z.shape[0]),
-                                            "train log-likelihood per row": average if math.isfinite(average) else None})
+        extra = {**wanted, "rows": int(z.shape[0]),
+                 "train log-likelihood per row": average if math.isfinite(average) else None}
+        try:
+            save_latent_sampler(sampler, path, extra)
+            where = f"stored in {path}"
+        except OSError as error:  # a read-only run: the sampler still serves this call
+            where = f"not stored ({error.strerror or error}), so it is fitted again next time"
         if log is not None:
-            log(f"fitted the {kind} sampler on {z.shape[0]} training latents ({settings.source}s of q(z|X)); "
-                f"stored in {path}")
+            log(f"fitted the {kind} sampler on {z.shape[0]} training latents ({settings.source}s of q(z|X)); {where}")
     device, dtype = model.device, model.likelihood_weights.dtype
     fitted = sampler
 
