@@ -2,9 +2,10 @@
 
 For every non-empty subset S of the modalities, k-means with as many clusters as there
 are classes is run on the posterior means E[z | x_S] of the test rows where S is observed,
-and its clusters are compared with the labels by normalised mutual information (NMI,
-Strehl & Ghosh 2002, Eq. 2; arithmetic normalisation, scikit-learn's default) and the
-adjusted Rand index (ARI, Hubert & Arabie 1985). Both are 1 for a clustering equal to the
+and its clusters are compared with the labels by normalised mutual information (NMI: the
+mutual information divided by the arithmetic mean of the two entropies, scikit-learn's
+default; Strehl & Ghosh 2002 divide by their geometric mean) and the adjusted Rand index
+(ARI, Hubert & Arabie 1985). Both are 1 for a clustering equal to the
 classes up to renaming, and about 0 (ARI exactly 0 in expectation) for one independent of
 them. MultiVae has a clustering metric of this kind; the subsets follow the linear probe
 (:mod:`omnivae.metrics.probe`).
@@ -14,7 +15,7 @@ blow up the latent units a VAE leaves inactive (means near 0 for every row) to t
 the informative ones; ``n_init`` restarts from k-means++ seeds, seeded.
 
 References:
-    Strehl & Ghosh (2002). Cluster Ensembles. JMLR 3, Eq. 2 (NMI).
+    Strehl & Ghosh (2002). Cluster Ensembles. JMLR 3 (NMI).
     Hubert & Arabie (1985). Comparing Partitions. Journal of Classification 2 (ARI).
     Sutter, Daunhawer & Vogt (2021). Generalized Multimodal ELBO. ICLR (the subsets).
 """
