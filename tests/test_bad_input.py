@@ -375,7 +375,7 @@ CLI_CASES = [
     CliCase("evaluate-missing-inception", "CLI", "evaluate --inception of a file that is not there",
             (*EVALUATE, "--inception", "{tmp}/absent.pt"), ("--inception", "absent.pt", "no such file")),
     CliCase("evaluate-unknown-sampler", "CLI", "evaluate --sampler flow", (*EVALUATE, "--sampler", "flow"),
-            ("unknown sampler 'flow'", "gmm, maf, prior")),
+            ("unknown sampler 'flow'", "prior, gmm, maf", "--sampler")),
     # sample
     CliCase("sample-unknown-sampler", "CLI", "sample --sampler flow", (*SAMPLE, "--sampler", "flow"),
             ("--sampler 'flow' is not a sampler", "prior, gmm, maf")),
@@ -512,7 +512,7 @@ API_CASES = [
             UserError, ("'tpu'",)),
     ApiCase("api-absent-gpu", "resolve_device('cuda:99')", lambda c: resolve_device("cuda:99"), UserError, ("cuda",)),
     ApiCase("api-existing-run-folder", "train into a folder that holds files", _train_into_existing_folder,
-            UserError, ("already exists", "--resume")),
+            UserError, ("already exists", "resume=True")),
 ]
 
 
@@ -786,7 +786,7 @@ def test_an_unreadable_csv_folder_is_one_line(ctx: Ctx, capsys, monkeypatch):
 def test_names_can_never_write_outside_the_output_folder(tmp_path: Path):
     """Defence in depth behind the load-time check: even a name that got past it (from a
     tampered run, say) cannot make the CSV writer leave its folder."""
-    from omnivae.data.tables import _write_folder
+    from omnivae.data.csv_write import _write_folder
 
     for bad in ("../escaped.csv", "/tmp/escaped.csv", "..", "sub/x.csv"):
         with pytest.raises(DataError, match="outside the output folder"):
@@ -923,7 +923,7 @@ def test_an_os_error_anywhere_is_one_line_unless_it_is_a_fault(code: str, capsys
     def fail(args):
         raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), "/data/x.npz")
 
-    monkeypatch.setattr("omnivae.cli.cmd_models", fail)
+    monkeypatch.setattr("omnivae.cli.listings.cmd_models", fail)
     if code == "EIO":
         with pytest.raises(OSError):
             main(["models"])
@@ -1126,7 +1126,7 @@ CLI_CASES.extend([
     CliCase("out-no-checkpoint", "CLI", "--out of a run killed before its first checkpoint", T("--out", "{data}"),
             ("holds a run that stopped before its first checkpoint", "--overwrite"), run_copy(_unpublished)),
     CliCase("overwrite-not-a-run", "CLI", "--overwrite of a folder that is not a run", T("--overwrite"),
-            ("--overwrite refused", "not an omnivae run", "not deleted"), out_with_a_file),
+            ("overwrite refused", "--overwrite", "not an omnivae run", "not deleted"), out_with_a_file),
     CliCase("out-being-trained", "CLI", "--out of a run another process is training", T("--out", "{data}"),
             ("is being trained by another process (pid", "wait for it"), run_copy(_held)),
     CliCase("resume-being-trained", "CLI", "--resume of a run another process is training", RESUME,

@@ -534,3 +534,69 @@ def test_a_malformed_observed_csv_is_one_line(tmp_path):
     _csv(tmp_path / "observed.csv", ["a"], [[1], ["yes"]])
     with pytest.raises(DataError, match="observed.csv line 3, column 'a': 'yes' is not 0 or 1"):
         read_csv_folder(tmp_path)
+
+
+# -- library errors name parameters; the command line adds the flag (issue 19) ----------------
+@pytest.mark.parametrize("command, handler, message, parameter, shown", [
+    ("train", "omnivae.cli.train.cmd_train", "use covariance='diag' with this aggregator", "covariance",
+     "use covariance='diag' with this aggregator (flag: --covariance diag)"),
+    ("train", "omnivae.cli.train.cmd_train", "latent_dim must be >= 1, got 0", "latent_dim",
+     "latent_dim must be >= 1, got 0 (flag: --latent-dim)"),
+    ("train", "omnivae.cli.train.cmd_train", "w_dim=0 leaves no modality-specific latent", "w_dim",
+     "w_dim=0 leaves no modality-specific latent (flag: --set w_dim=0)"),
+    ("train", "omnivae.cli.train.cmd_train", "x exists; pick another run_dir", "run_dir",
+     "x exists; pick another run_dir (flag: --out)"),
+    ("train", "omnivae.cli.train.cmd_train", "give resume=True to continue", "resume",
+     "give resume=True to continue (flag: --resume)"),
+    ("train", "omnivae.cli.train.cmd_train", "pass overwrite=True", "overwrite", "pass overwrite=True (flag: --overwrite)"),
+    ("evaluate", "omnivae.cli.evaluate.cmd_evaluate", "batch_size must be >= 1, got 0", "batch_size",
+     "batch_size must be >= 1, got 0 (flag: --eval-batch-size)"),
+    ("impute", "omnivae.cli.impute.cmd_impute", "source x.npz: no such folder or file", "source",
+     "source x.npz: no such folder or file (flag: --input)"),
+    # no flag sets it, or the message names the flag already: the line is the library's
+    ("sample", "omnivae.cli.evaluate.cmd_sample", "the model has no decoder", "decoders", "the model has no decoder"),
+    ("train", "omnivae.cli.train.cmd_train", "the latent size (--latent-dim) must be >= 1", "latent_dim",
+     "the latent size (--latent-dim) must be >= 1"),
+    ("train", "omnivae.cli.train.cmd_train", "something is wrong", None, "something is wrong"),
+])
+def test_the_cli_adds_the_flag_that_sets_a_library_errors_parameter(command, handler, message, parameter, shown,
+                                                                    monkeypatch, capsys):
+    from omnivae.errors import UserError
+
+    def fail(args):
+        raise UserError(message, parameter=parameter)
+
+    monkeypatch.setattr(handler, fail)
+    argv = {"train": ["train"], "evaluate": ["evaluate", "RUN"], "sample": ["sample", "RUN"],
+            "impute": ["impute", "RUN", "--input", "x.npz", "--output", "y.npz"]}[command]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == f"omnivae: error: {shown}\n"
+
+
+def test_impute_file_is_a_library_function_whose_errors_name_parameters(tmp_path):
+    from omnivae.errors import UserError
+    from omnivae.impute import impute_file
+
+    with pytest.raises(UserError) as info:
+        impute_file(tmp_path / "run", tmp_path / "absent", tmp_path / "out.npz")
+    assert info.value.parameter == "source" and "--" not in str(info.value)
+    (tmp_path / "data.npz").write_bytes(b"")
+    with pytest.raises(UserError) as info:
+        impute_file(tmp_path / "run", tmp_path / "data.npz", tmp_path / "out.txt")
+    assert info.value.parameter == "output" and "must end in .npz" in str(info.value)
+    with pytest.raises(UserError) as info:
+        impute_file(tmp_path / "run", tmp_path / "data.npz", tmp_path / "data.npz", force=True)
+    assert info.value.parameter == "output" and "is the input" in str(info.value)
+    with pytest.raises(UserError) as info:
+        impute_file(tmp_path / "run", tmp_path / "data.npz", tmp_path / "out.npz", batch_size=0)
+    assert info.value.parameter == "batch_size"
+    assert not (tmp_path / "out.npz").exists()
+
+
+def test_the_cli_is_a_package_and_python_dash_m_runs_it():
+    import subprocess
+    import sys
+
+    for module in ("omnivae", "omnivae.cli"):
+        done = subprocess.run([sys.executable, "-m", module, "--version"], capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and done.stdout.startswith("omnivae "), done.stderr

@@ -245,7 +245,7 @@ def test_missing_files_name_what_is_needed(tmp_path: Path) -> None:
         "http://ufldl.stanford.edu/housenumbers/",
     ):
         assert needed in message
-    with pytest.raises(DataError, match="data-dir"):
+    with pytest.raises(DataError, match="data_dir"):
         BUILDERS["mnist-svhn"](None, 0)
     _fabricate(tmp_path, "flat")
     (tmp_path / "test_32x32.mat").unlink()

@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from omnivae.data import polymnist, polymnist_files
+from omnivae.data import polymnist, polymnist_build, polymnist_files
 from omnivae.data.polymnist import (
     ENTRIES,
     FASHION_LABEL_NAMES,
@@ -57,7 +57,7 @@ def backgrounds(monkeypatch: pytest.MonkeyPatch) -> list[np.ndarray]:
     """Five small random photos in place of the bundled ones (same role, tiny sizes)."""
     rng = np.random.default_rng(7)
     photos = [rng.integers(0, 256, size=(30 + k, 33 + 2 * k, 3), dtype=np.uint8) for k in range(5)]
-    monkeypatch.setattr(polymnist, "background_images", lambda: photos)
+    monkeypatch.setattr(polymnist_build, "background_images", lambda: photos)
     return photos
 
 
@@ -375,7 +375,7 @@ def test_missing_files_error_names_every_layout(tmp_path: Path) -> None:
     message = str(error.value)
     assert "\n" not in message
     for needed in ("{train,test}/m{k}/{i}.{digit}.png", "m{k}.pt", "labels.pt", "zenodo.org/record/4899160",
-                   "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "without --data-dir"):
+                   "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "without data_dir"):
         assert needed in message
     with pytest.raises(DataError, match="not a folder"):
         load_polymnist(tmp_path / "nowhere")
@@ -477,7 +477,7 @@ def test_translate_digits_uses_bilinear_downscaling() -> None:
 def test_translated_from_idx_inverts_only_inside_the_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_idx(tmp_path, n_train=30, n_test=10)
     flat = [np.full((30, 30, 3), 40 + 10 * k, np.uint8) for k in range(5)]
-    monkeypatch.setattr(polymnist, "background_images", lambda: flat)
+    monkeypatch.setattr(polymnist_build, "background_images", lambda: flat)
     splits = load_translated_polymnist(tmp_path)
     assert splits.train.name == "translated-polymnist" and len(splits.train) == 30
     raw = build_from_idx(tmp_path, scale=0.75)
@@ -511,8 +511,8 @@ def test_translated_png_layout(tmp_path: Path) -> None:
 
 def test_translated_offline_shares_the_polymnist_split(monkeypatch: pytest.MonkeyPatch) -> None:
     digits, labels = fake_digits(100, 9)
-    monkeypatch.setattr(polymnist, "mnist_digits", lambda: (digits, labels))
-    monkeypatch.setattr(polymnist, "background_images",
+    monkeypatch.setattr(polymnist_build, "mnist_digits", lambda: (digits, labels))
+    monkeypatch.setattr(polymnist_build, "background_images",
                         lambda: [np.full((29, 30, 3), 9 * k, np.uint8) for k in range(5)])
     plain = build_polymnist_arrays()
     moved = build_translated_arrays(0.75)
@@ -550,7 +550,7 @@ def test_polyfashion_errors_name_the_debian_package(tmp_path: Path, monkeypatch:
         load_polyfashion()
     assert str(error.value) == (
         "polyfashion needs Debian's dataset-fashion-mnist (apt install dataset-fashion-mnist) "
-        "or --data-dir with the Fashion-MNIST idx files"
+        "or data_dir with the Fashion-MNIST idx files"
     )
     with pytest.raises(DataError, match=r"lacks the Fashion-MNIST idx files.*train-images-idx3-ubyte"):
         load_polyfashion(tmp_path)

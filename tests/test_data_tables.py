@@ -447,7 +447,7 @@ def test_impute_csv_without_schema_takes_the_runs_shapes(csv_run, tmp_path, caps
     assert json.loads((out / "schema.json").read_text())["img"] == {"shape": [1, 3, 4], "kind": "image"}
     # Writing again replaces the previous output folder, only when told to (--force).
     assert main(["impute", str(csv_run), "--input", str(source), "--output", str(out), "--device", "cpu"]) == 2
-    assert "pass --force" in capsys.readouterr().err
+    assert "pass force=True" in (err := capsys.readouterr().err) and "(flag: --force)" in err
     assert main(["impute", str(csv_run), "--input", str(source), "--output", str(out), "--device", "cpu", "--force"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["bits.csv", "img.csv", "observed.csv", "schema.json", "vec.csv"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left

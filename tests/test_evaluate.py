@@ -233,7 +233,8 @@ def test_evaluate_reports_hmc_statistics_of_a_jnf_run_and_none_for_closed_form_m
 
 # -- protocols, progress and merging (issue 17) ---------------------------------------------
 def test_protocol_paper_resolves_to_the_published_settings_and_flags_override_it():
-    from omnivae.cli import _eval_options, build_parser
+    from omnivae.cli import build_parser
+    from omnivae.cli.evaluate import eval_options as _eval_options
     from omnivae.evaluate import ALL, PROTOCOLS
 
     def resolved(*argv):
@@ -326,3 +327,38 @@ def test_an_eval_json_that_is_not_ours_is_replaced(run, capsys):
     (run / "eval.json").write_text("[1, 2]")
     assert main(["evaluate", str(run), "--metrics", "recon", "--no-figures", *EVAL, "--no-progress"]) == 0
     assert json.loads((run / "eval.json").read_text())["metrics"] == ["recon"]
+
+
+def test_fd_with_your_own_inception_scores_images_with_it_and_other_modalities_with_the_classifiers(run, tmp_path, capsys):
+    """``--inception FILE``: Frechet distances of image modalities in that network's feature
+    space (here a TorchScript probe returning 4 features), of the others in the classifiers'."""
+    import torch
+    from torch import Tensor, nn
+
+    class Probe(nn.Module):
+        def forward(self, x: Tensor) -> Tensor:
+            return torch.cat([x.mean((2, 3)), x.std((2, 3)).mean(1, keepdim=True)], 1)
+
+    probe = tmp_path / "probe.pt"
+    torch.jit.script(Probe()).save(str(probe))
+    assert main(["evaluate", str(run), "--metrics", "fd", "--no-figures", "--inception", str(probe), *EVAL]) == 0
+    results = json.loads((run / "eval.json").read_text())
+    assert results["settings"]["fd"]["inception"] == str(probe)
+    unconditional = results["fd"]["unconditional"]
+    assert set(unconditional) == {"img", "vec", "bits"} and all(v >= 0 for v in unconditional.values())
+
+    from omnivae.metrics import image_features
+    from omnivae.train import load_run
+
+    loaded = load_run(run)
+    calls = []
+    fn = image_features(lambda x: calls.append(x.shape) or x.mean((1, 2, 3))[:, None], _FakeClassifiers(), loaded.modalities)
+    assert fn("img", torch.zeros(2, 3, 28, 28)).shape == (2, 1) and calls == [(2, 3, 28, 28)]
+    assert fn("vec", torch.zeros(2, 6)).shape == (2, 7) and len(calls) == 1
+
+
+class _FakeClassifiers:
+    def features(self, name, x):
+        import torch
+
+        return torch.zeros(len(x), 7)

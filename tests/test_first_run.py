@@ -68,7 +68,7 @@ def test_the_default_train_writes_a_loadable_run_and_prints_the_next_commands(tm
 
 
 def test_next_commands_impute_the_users_own_file(tmp_path):
-    from omnivae.cli import _next_commands
+    from omnivae.cli.train import next_commands as _next_commands
 
     run = tmp_path / "my run"
     lines = _next_commands(run, ["a", "b"], f"npz:{tmp_path / 'train data.npz'}")

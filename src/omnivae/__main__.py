@@ -2,4 +2,5 @@
 
 from omnivae.cli import entry_point
 
-entry_point()
+if __name__ == "__main__":  # imported by pytest --doctest-modules, it must not run
+    entry_point()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from omnivae.data import load_dataset
@@ -25,14 +25,20 @@ from omnivae.evaluate import EvalOptions, evaluate_run, read_eval
 from omnivae.models import MODELS, ModelConfig
 from omnivae.report import benchmark_markdown, metric_curves, tradeoff_curves
 from omnivae.train import TrainConfig, train
-from omnivae.train.checkpoint import Checkpoint, atomic_write_bytes, atomic_write_json, published_checkpoint, read_published
+from omnivae.train.checkpoint import (
+    Checkpoint,
+    atomic_write_bytes,
+    atomic_write_json,
+    published_checkpoint,
+    read_published,
+)
 
 __all__ = ["run_benchmark", "summarise_run", "options_for"]
 
 
-def _mean(values) -> float | None:
-    values = [float(v) for v in values if v is not None]
-    return sum(values) / len(values) if values else None
+def _mean(values: Iterable[float | None]) -> float | None:
+    numbers = [float(v) for v in values if v is not None]
+    return sum(numbers) / len(numbers) if numbers else None
 
 
 def summarise_run(results: dict) -> dict[str, float]:
@@ -104,10 +110,10 @@ def run_benchmark(
         if name not in MODELS:
             raise unknown_name("model", name, list(MODELS))
     if seeds < 1:
-        raise UserError(f"--seeds must be >= 1, got {seeds}")
+        raise UserError(f"seeds must be >= 1, got {seeds}", parameter="seeds")
     eval_options.validate()
     if betas is not None and (not betas or any(not (b >= 0 and math.isfinite(b)) for b in betas)):
-        raise UserError(f"--betas must be finite numbers >= 0, got {list(betas) if betas else betas}")
+        raise UserError(f"betas must be finite numbers >= 0, got {list(betas) if betas else betas}", parameter="betas")
     data = load_dataset(dataset, data_dir=data_dir)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

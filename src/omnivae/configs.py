@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import MISSING, fields
 from numbers import Integral, Real
+from typing import Any
 
 from omnivae.errors import UserError
 
@@ -44,9 +45,10 @@ def type_problem(value: object, default: object) -> str | None:
 
 def check_field_types(config: object) -> None:
     """Raise :class:`UserError` for a dataclass field whose value has another type than its default."""
-    for f in fields(config):
+    for f in fields(config):  # type: ignore[arg-type]  # a dataclass instance, by contract
         value = getattr(config, f.name)
-        default = f.default_factory() if f.default is MISSING else f.default
+        factory: Any = f.default_factory
+        default = factory() if f.default is MISSING else f.default
         wanted = type_problem(value, default)
         if wanted is not None:
             raise UserError(f"{f.name} must be {wanted}, got {value!r}")

@@ -15,17 +15,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
 
 from omnivae.data import load_dataset
 from omnivae.data.base import MultimodalDataset
 from omnivae.errors import DataError, UserError, unknown_name
+from omnivae.fileio import atomic_write_bytes
 from omnivae.metrics.common import all_subsets
 from omnivae.report import evaluation_markdown, latent_map, metric_curves, sample_grid
-from omnivae.report.figures import chance_levels, row_titles, stratified_rows
+from omnivae.report.rows import chance_levels, row_titles, stratified_rows
 from omnivae.train import load_run, resolve_device
-from omnivae.train.checkpoint import atomic_write_bytes, atomic_write_json
+from omnivae.train.checkpoint import atomic_write_json
+
+T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from omnivae.train.run import LoadedRun
 
 #: The panel of the k-means NMI in ``metrics_vs_inputs.png``.
 CLUSTERING_CURVE = "latent k-means NMI"
@@ -75,15 +82,7 @@ METRIC_SETTINGS: dict[str, tuple[str, ...]] = {
     "recon": ("num_test",),
     "clustering": ("num_test",),
 }
-_FLAGS = {
-    "num_test": "--num-test",
-    "likelihood_num_test": "--likelihood-num-test",
-    "num_importance_samples": "--num-importance-samples",
-    "num_train": "--num-train",
-    "classifier_epochs": "--classifier-epochs",
-    "classifier_batch_size": "the classifier batch size",
-    "joint_coherence_samples": "--joint-coherence-samples",
-}
+
 
 
 @dataclass
@@ -117,11 +116,11 @@ class EvalOptions:
     #: (:mod:`omnivae.latent_samplers`, fitted on first use and cached in the run).
     sampler: str = "prior"
 
-    def resolved(self) -> "EvalOptions":
+    def resolved(self) -> EvalOptions:
         """A copy with every unset setting taken from the protocol."""
         if self.protocol not in PROTOCOLS:
             raise unknown_name("protocol", self.protocol, PROTOCOL_NAMES)
-        filled = {k: v for k, v in PROTOCOLS[self.protocol].items() if getattr(self, k) is None}
+        filled: dict[str, Any] = {k: v for k, v in PROTOCOLS[self.protocol].items() if getattr(self, k) is None}
         return replace(self, **filled)
 
     def overrides(self) -> list[str]:
@@ -137,33 +136,34 @@ class EvalOptions:
             raise unknown_name("protocol", self.protocol, PROTOCOL_NAMES)
         if self.num_importance_samples is not None and self.num_importance_samples < 1:
             raise UserError(
-                "the number of importance samples K (--num-importance-samples) must be >= 1, "
-                f"got {self.num_importance_samples}"
+                "the number of importance samples K (num_importance_samples) must be >= 1, "
+                f"got {self.num_importance_samples}", parameter="num_importance_samples"
             )
         if self.batch_size < 1:
-            raise UserError(f"--eval-batch-size must be >= 1, got {self.batch_size}")
+            raise UserError(f"batch_size must be >= 1, got {self.batch_size}", parameter="batch_size")
         if self.likelihood_batch_size < 1:
-            raise UserError(f"the likelihood batch size must be >= 1, got {self.likelihood_batch_size}")
+            raise UserError(f"likelihood_batch_size must be >= 1, got {self.likelihood_batch_size}", parameter="likelihood_batch_size")
         for key in ("num_test", "likelihood_num_test", "num_train"):
             value = getattr(self, key)
             if value is not None and value != ALL and not (isinstance(value, int) and value >= 1):
-                raise UserError(f"{_FLAGS[key]} must be a number of rows >= 1 or 'all', got {value}")
+                raise UserError(f"{key} must be a number of rows >= 1 or 'all', got {value}", parameter=key)
         for key in ("classifier_epochs", "classifier_batch_size", "joint_coherence_samples"):
             value = getattr(self, key)
             if value is not None and value < 1:
-                raise UserError(f"{_FLAGS[key]} must be >= 1, got {value}")
+                raise UserError(f"{key} must be >= 1, got {value}", parameter=key)
         from omnivae.latent_samplers import SAMPLERS
 
         if self.sampler not in SAMPLERS:
-            raise unknown_name("sampler", self.sampler, SAMPLERS)
+            raise UserError(f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}",
+                            parameter="sampler")
         if "fd" in self.metrics:
             from omnivae.metrics.frechet import require_torchmetrics
 
             require_torchmetrics()
         if self.inception is not None and not Path(self.inception).expanduser().is_file():
             raise UserError(
-                f"--inception {self.inception}: no such file; pass a TorchScript or safetensors "
-                "InceptionV3 file you have, or leave it out to use the classifier features"
+                f"inception {self.inception}: no such file; pass a TorchScript or safetensors "
+                "InceptionV3 file you have, or leave it out to use the classifier features", parameter="inception"
             )
 
 
@@ -173,11 +173,23 @@ def parse_metrics(text: str | None) -> tuple[str, ...]:
         return METRICS
     names = tuple(n.strip() for n in text.split(",") if n.strip())
     if not names:
-        raise UserError(f"--metrics is empty; choose from {', '.join(METRICS)}")
+        raise UserError(f"metrics is empty; choose from {', '.join(METRICS)}", parameter="metrics")
     for name in names:
         if name not in METRICS:
             raise unknown_name("metric", name, METRICS)
     return names
+
+
+def _given(value: T | None) -> T:
+    """A setting that :meth:`EvalOptions.resolved` has filled."""
+    assert value is not None
+    return value
+
+
+def _row_count(value: int | str | None) -> int | str:
+    """A row count that :meth:`EvalOptions.resolved` has filled: a number or :data:`ALL`."""
+    assert value is not None
+    return value
 
 
 def _rows(data: MultimodalDataset, count: int | str, seed: int) -> MultimodalDataset:
@@ -231,6 +243,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         conditional_log_likelihoods,
         generation_frechet,
         get_classifiers,
+        image_features,
         joint_coherence,
         joint_log_likelihood,
         latent_clustering,
@@ -252,10 +265,10 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     labelled = [name for name in options.metrics if name in NEEDS_LABELS]
     if labelled and (data.test.labels is None or data.train.labels is None):
         rest = [name for name in options.metrics if name not in NEEDS_LABELS]
-        fix = f"or evaluate with --metrics {','.join(rest)}" if rest else "or pick metrics that need none (likelihood, recon)"
+        fix = f"or evaluate with metrics={','.join(rest)!r}" if rest else "or pick metrics that need none (likelihood, recon)"
         raise DataError(
             f"the {', '.join(labelled)} metric{'s need' if len(labelled) > 1 else ' needs'} labels, and dataset "
-            f"{run.dataset_name!r} has none; add labels to the data {fix}"
+            f"{run.dataset_name!r} has none; add labels to the data {fix}", parameter="metrics"
         )
     for name in labelled:
         require_labels(data.test, name)
@@ -267,27 +280,27 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     model = run.model
     if device.type == "cpu":
         # oneDNN runs the conv decoders ~1.4x faster with channels-last weights (same values).
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
     torch.manual_seed(options.seed)
     progress = options.progress
-    test = _rows(data.test, settings.num_test, options.seed)
-    likelihood_test = _rows(data.test, settings.likelihood_num_test, options.seed)
-    train_rows = None if settings.num_train == ALL else int(settings.num_train)
+    test = _rows(data.test, _row_count(settings.num_test), options.seed)
+    likelihood_test = _rows(data.test, _row_count(settings.likelihood_num_test), options.seed)
+    train_rows = None if settings.num_train == ALL else int(_row_count(settings.num_train))
     results: dict = {}
     timings: dict[str, float] = {}
     sampler: dict[str, dict[str, float]] = {}
     recorded: dict[str, dict] = {}
     classifiers = None
-    common = dict(batch_size=options.batch_size, device=device)
+    common: dict[str, Any] = dict(batch_size=options.batch_size, device=device)
     if any(m in options.metrics for m in ("coherence", "fd")):
         started = time.perf_counter()
         classifiers = get_classifiers(
-            run.dataset_name, data.train, data.test, epochs=settings.classifier_epochs,
-            batch_size=settings.classifier_batch_size, seed=options.seed, device=device, progress=progress,
+            run.dataset_name, data.train, data.test, epochs=_given(settings.classifier_epochs),
+            batch_size=_given(settings.classifier_batch_size), seed=options.seed, device=device, progress=progress,
         )
         if device.type == "cpu":
             for net in classifiers.models.values():
-                net.to(memory_format=torch.channels_last)
+                net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         results["classifiers"] = {"test_accuracy": classifiers.test_accuracy, "epochs": settings.classifier_epochs,
                                   "batch_size": settings.classifier_batch_size}
         timings["classifiers"] = time.perf_counter() - started
@@ -316,9 +329,10 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     if "coherence" in options.metrics:
         started = time.perf_counter()
         model.reset_sampler_statistics()
+        assert classifiers is not None  # trained above for coherence
         coherence = conditional_coherence(model, test, classifiers, seed=options.seed, progress=progress, **common)
         coherence["joint"] = joint_coherence(
-            model, classifiers, num_samples=settings.joint_coherence_samples, seed=options.seed,
+            model, classifiers, num_samples=_given(settings.joint_coherence_samples), seed=options.seed,
             progress=progress, latent_sampler=latent_sampler, **common,
         )
         results["coherence"] = coherence
@@ -333,7 +347,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     if "likelihood" in options.metrics:
         started = time.perf_counter()
         model.reset_sampler_statistics()
-        lik_options = dict(
+        lik_options: dict[str, Any] = dict(
             num_samples=settings.num_importance_samples, batch_size=options.likelihood_batch_size,
             device=device, progress=progress,
         )
@@ -345,7 +359,10 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     if "fd" in options.metrics:
         started = time.perf_counter()
         model.reset_sampler_statistics()
-        feature_fn = load_inception_features(options.inception) if options.inception else None
+        feature_fn = None
+        if options.inception:
+            assert classifiers is not None  # trained above for fd
+            feature_fn = image_features(load_inception_features(options.inception), classifiers, run.modalities)
         results["fd"] = generation_frechet(
             model, test, classifiers, seed=options.seed, feature_fn=feature_fn, progress=progress,
             latent_sampler=latent_sampler, **common
@@ -390,14 +407,14 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     return results
 
 
-def _record_sampler(model, metric: str, into: dict[str, dict[str, float]]) -> None:
+def _record_sampler(model: Any, metric: str, into: dict[str, dict[str, float]]) -> None:
     """Keep the MCMC totals (JNF's HMC: acceptance rate, chain-steps per second) of one metric."""
     statistics = model.sampler_statistics()
     if statistics is not None:
         into[metric] = statistics
 
 
-def draw_samples(run, data, given: Sequence[str], count: int, seed: int = 0) -> tuple[dict, dict, dict, list | None]:
+def draw_samples(run: LoadedRun, data: MultimodalDataset, given: Sequence[str], count: int, seed: int = 0) -> tuple[dict, dict, dict, list | None]:
     """``count`` test examples across the classes (seeded, :func:`stratified_rows`), among the
     rows with a ``given`` modality observed: their ``given`` inputs, one sample of every
     modality, which inputs are observed, and each row's label for the grid."""
@@ -416,14 +433,14 @@ def draw_samples(run, data, given: Sequence[str], count: int, seed: int = 0) -> 
             {k: v.cpu() for k, v in observed.items()}, labels)
 
 
-def draw_figures(run, test, results: dict, folder: Path, seed: int) -> list[str]:
+def draw_figures(run: LoadedRun, test: MultimodalDataset, results: dict, folder: Path, seed: int) -> list[str]:
     """Sample grids for one subset of each size, metric curves and the latent map."""
     names = run.model.names
     table, keys = all_subsets(names)
     written = []
     for size in range(1, len(names)):
         index = int((table.sum(1) == size).nonzero()[0])
-        given = [n for n, keep in zip(names, table[index].tolist()) if keep]
+        given = [n for n, keep in zip(names, table[index].tolist(), strict=False) if keep]
         inputs, generated, observed, row_labels = draw_samples(run, test, given, 10, seed)
         file = f"samples_given_{size}.png"
         sample_grid(inputs, generated, run.modalities, folder / file, observed=observed, row_labels=row_labels,

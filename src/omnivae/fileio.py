@@ -22,7 +22,7 @@ from typing import Any
 __all__ = ["atomic_write", "atomic_write_bytes", "sha256_file", "fsync_dir", "json_bytes", "finite_or_none", "write_durable"]
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` on a temporary file beside ``path``, then move it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -54,17 +54,23 @@ def _nearest_existing(path: Path) -> Path:
     return path
 
 
+def _refused(flag: str, message: str) -> UserError:
+    """The error for an output that cannot be written. ``flag`` is the command line's flag
+    (``--out``) or, from the library, the parameter (``output``), which the error carries."""
+    return UserError(message, parameter=None if flag.startswith("-") else flag)
+
+
 def _check_place(path: Path, flag: str, must_exist_parent: bool) -> None:
     parent = Path(os.path.abspath(path)).parent
     if must_exist_parent and not parent.exists():
         blocker = _nearest_existing(parent)
         if blocker.is_dir():
-            raise UserError(f"{flag} {path}: the folder {parent} does not exist")
+            raise _refused(flag, f"{flag} {path}: the folder {parent} does not exist")
     blocker = _nearest_existing(parent)
     if not blocker.is_dir():
-        raise UserError(f"{flag} {path}: {blocker} is a file, not a folder; pick another {flag}")
+        raise _refused(flag, f"{flag} {path}: {blocker} is a file, not a folder; pick another {flag}")
     if not os.access(blocker, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: the folder {blocker} is read-only here; pick another {flag}")
+        raise _refused(flag, f"{flag} {path}: the folder {blocker} is read-only here; pick another {flag}")
 
 
 def check_output_file(path: str | os.PathLike[str], flag: str, must_exist_parent: bool = True) -> None:
@@ -76,7 +82,7 @@ def check_output_file(path: str | os.PathLike[str], flag: str, must_exist_parent
     """
     path = Path(path)
     if path.is_dir():
-        raise UserError(f"{flag} {path} is a folder; name a file")
+        raise _refused(flag, f"{flag} {path} is a folder; name a file")
     _check_place(path, flag, must_exist_parent)
 
 
@@ -89,10 +95,10 @@ def check_output_folder(path: str | os.PathLike[str], flag: str, must_exist_pare
     """
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise UserError(f"{flag} {path} is a file, not a folder; pick another {flag}")
+        raise _refused(flag, f"{flag} {path} is a file, not a folder; pick another {flag}")
     if path.is_dir():
         if not os.access(path, os.W_OK | os.X_OK):
-            raise UserError(f"{flag} {path} is read-only here; pick another {flag}")
+            raise _refused(flag, f"{flag} {path} is read-only here; pick another {flag}")
         return
     _check_place(path, flag, must_exist_parent)
 

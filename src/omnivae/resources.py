@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -49,7 +50,7 @@ def available_memory(device: torch.device | str = "cpu") -> int | None:
     return None
 
 
-def count_parameters(model_config, modalities: Sequence[ModalitySpec]) -> int | None:
+def count_parameters(model_config: Any, modalities: Sequence[ModalitySpec]) -> int | None:
     """Parameters of the model (and objective) ``model_config`` builds, counted without
     allocating; ``None`` if the build cannot run on the ``meta`` device."""
     from omnivae.models import build_model
@@ -74,7 +75,7 @@ def _sizes(modalities: Sequence[ModalitySpec]) -> int:
 
 
 def check_train_memory(
-    model_config, modalities: Sequence[ModalitySpec], batch_size: int, device: torch.device | str = "cpu"
+    model_config: Any, modalities: Sequence[ModalitySpec], batch_size: int, device: torch.device | str = "cpu"
 ) -> None:
     """Refuse a model and batch whose training memory (a lower bound) exceeds what is free.
 

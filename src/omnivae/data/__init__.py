@@ -5,11 +5,11 @@
 :func:`dataset_table`.
 """
 
+from omnivae.data import catalog  # noqa: F401  (registers the named datasets)
 from omnivae.data.arrays import load_npz, load_npz_array
 from omnivae.data.base import Batch, DatasetSplits, ModalitySpec, MultimodalDataset
 from omnivae.data.cache import cache_dir
 from omnivae.data.registry import DATASETS, DatasetInfo, dataset_table, load_dataset
-from omnivae.data import catalog  # noqa: F401  (registers the named datasets)
 
 __all__ = [
     "ModalitySpec",

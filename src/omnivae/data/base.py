@@ -83,7 +83,7 @@ class ModalitySpec:
         return {"name": self.name, "shape": list(self.shape), "kind": self.kind}
 
     @classmethod
-    def from_json(cls, obj: dict) -> "ModalitySpec":
+    def from_json(cls, obj: dict) -> ModalitySpec:
         return cls(name=obj["name"], shape=tuple(obj["shape"]), kind=obj["kind"])
 
 
@@ -95,7 +95,7 @@ class Batch:
     mask: dict[str, Tensor]
     labels: Tensor | None = None
 
-    def to(self, device: torch.device | str) -> "Batch":
+    def to(self, device: torch.device | str) -> Batch:
         return Batch(
             {k: v.to(device, non_blocking=True) for k, v in self.x.items()},
             {k: v.to(device, non_blocking=True) for k, v in self.mask.items()},
@@ -175,7 +175,7 @@ class MultimodalDataset:
         first = self.modalities[0].name
         return (self.rows[first] if first in self.rows else self.data[first]).shape[0]
 
-    def subset(self, index: Tensor) -> "MultimodalDataset":
+    def subset(self, index: Tensor) -> MultimodalDataset:
         """The samples at ``index`` (a LongTensor or BoolTensor over samples).
 
         Modalities stored through ``rows`` keep sharing their storage; only the index is
@@ -199,7 +199,7 @@ class MultimodalDataset:
             return stored[self.rows[name] if index is None else self.rows[name][index]]
         return stored if index is None else stored[index]
 
-    def to(self, device: torch.device | str) -> "MultimodalDataset":
+    def to(self, device: torch.device | str) -> MultimodalDataset:
         """The dataset with every tensor on ``device`` (in-memory data lives where it is used)."""
         return MultimodalDataset(
             modalities=self.modalities,

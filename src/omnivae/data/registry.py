@@ -186,7 +186,7 @@ def dataset_table() -> str:
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
 
     def line(cells: tuple[str, ...]) -> str:
-        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths)).rstrip()
+        return "  ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=False)).rstrip()
 
     lines = [line(header), line(tuple("-" * w for w in widths)), *map(line, rows), ""]
     lines.append("'ready' datasets are built offline from installed packages on first use and cached;")

@@ -74,7 +74,7 @@ def place_words(
     """
     out = []
     offsets = rng.random(len(labels))
-    for label, u in zip(np.asarray(labels).tolist(), offsets):
+    for label, u in zip(np.asarray(labels).tolist(), offsets, strict=False):
         word = words[int(label)]
         start = int(u * (length - len(word)))  # uniform on 0..length-1-len(word)
         out.append((" " * start + word).ljust(length))

@@ -32,6 +32,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -53,11 +54,11 @@ class _RefitUnimodal(Objective):
     def __init__(self, loss: Objective) -> None:
         self.loss = loss
 
-    def __call__(self, model, x, mask, kl_weight: float = 1.0):
+    def __call__(self, model: Any, x: dict[str, torch.Tensor], mask: torch.Tensor, kl_weight: float = 1.0) -> Any:
         return self.loss(model, x, mask, kl_weight)
 
     def stages(self, epochs: int) -> tuple[Stage, ...]:
-        def unimodal(model: nn.Module) -> Iterator[nn.Parameter]:
+        def unimodal(model: Any) -> Iterator[nn.Parameter]:
             return itertools.chain(model.encoders.parameters(), model.flows.parameters())
 
         return (Stage("unimodal posteriors (Gaussian)", self.loss, epochs, parameters=unimodal, warmup=False),)
@@ -113,7 +114,7 @@ def run_jnf_toy(
     import matplotlib.pyplot as plt
 
     data = load_dataset(dataset)
-    base = {"model": "jnf", "latent_dim": 2, "backbone": "mlp", "hidden": [256, 256]}
+    base: dict[str, Any] = {"model": "jnf", "latent_dim": 2, "backbone": "mlp", "hidden": [256, 256]}
     train_config = TrainConfig(epochs=epochs, batch_size=128, seed=seed, device="cpu", progress=progress)
     flow_trainer = train(ModelConfig(**base), train_config, data, dataset, None)
     flow_model = flow_trainer.model.eval()
@@ -124,11 +125,12 @@ def run_jnf_toy(
     shared = {k: v for k, v in flow_model.state_dict().items() if k.startswith(("joint_encoder.", "decoders."))}
     gauss_model.load_state_dict(shared, strict=False)
     stage2 = gauss_objective.stages(epochs)[-1].objective
-    Trainer(gauss_model, _RefitUnimodal(stage2), data.train, train_config).fit()
+    Trainer(gauss_model, _RefitUnimodal(cast(Objective, stage2)), data.train, train_config).fit()
     gauss_model.eval()
 
     test = data.test
     sizes = circles_squares_sizes("test", *CIRCLES_SQUARES_SPLITS[dataset])["square"]
+    assert test.labels is not None  # circles-squares is labelled
     labels = test.labels.numpy()
     batch = test.batch(torch.arange(len(test)))
     with torch.no_grad():
@@ -159,7 +161,7 @@ def run_jnf_toy(
     rgba = np.concatenate([colours, shade[:, None]], 1)
     ax = fig.add_subplot(grid[0, 0])
     ax.scatter(joint[:, 0], joint[:, 1], c=rgba, s=3)
-    ax.scatter(*joint[pick], marker="*", s=250, c="gold", edgecolors="k", zorder=3)
+    ax.scatter(joint[pick, 0], joint[pick, 1], marker="*", s=250, c="gold", edgecolors="k", zorder=3)
     ax.set_title("(a) joint latent space: blue full, red empty;\ndarker = larger square", fontsize=9)
     for column, (name, z) in enumerate(drawn.items(), start=1):
         ax = fig.add_subplot(grid[0, column], sharex=fig.axes[0], sharey=fig.axes[0])

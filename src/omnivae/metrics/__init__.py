@@ -12,10 +12,15 @@ None of them special-cases a model: they use only ``subset_posteriors``,
 ``decode_mean``, ``prior`` and ``log_likelihood`` of the model API.
 """
 
-from omnivae.metrics.classifiers import ModalityClassifiers, balanced_accuracy, build_classifier, get_classifiers
-from omnivae.metrics.coherence import conditional_coherence, joint_coherence
+from omnivae.metrics.classifiers import (
+    ModalityClassifiers,
+    balanced_accuracy,
+    build_classifier,
+    get_classifiers,
+)
 from omnivae.metrics.clustering import latent_clustering
-from omnivae.metrics.frechet import generation_frechet, load_inception_features
+from omnivae.metrics.coherence import conditional_coherence, joint_coherence
+from omnivae.metrics.frechet import generation_frechet, image_features, load_inception_features
 from omnivae.metrics.likelihood import conditional_log_likelihoods, joint_log_likelihood
 from omnivae.metrics.probe import linear_probe
 from omnivae.metrics.reconstruction import reconstruction_error
@@ -28,6 +33,7 @@ __all__ = [
     "conditional_coherence",
     "joint_coherence",
     "generation_frechet",
+    "image_features",
     "load_inception_features",
     "joint_log_likelihood",
     "conditional_log_likelihoods",

@@ -23,8 +23,8 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -35,8 +35,12 @@ from tqdm.auto import tqdm
 from omnivae.data.base import ModalitySpec, MultimodalDataset
 from omnivae.data.cache import cache_dir
 from omnivae.fileio import atomic_write, finite_or_none, sha256_file
-from omnivae.metrics.common import evaluating, seeded
-from omnivae.metrics.common import require_labels
+from omnivae.metrics.classifier_nets import (
+    ConvClassifier,
+    MLPClassifier,
+    build_classifier,
+)
+from omnivae.metrics.common import evaluating, require_labels, seeded
 
 __all__ = [
     "ConvClassifier",
@@ -59,91 +63,7 @@ _META = "meta.json"
 _FINGERPRINT_ELEMENTS = 1 << 16
 
 
-# -- architectures ----------------------------------------------------------------------------
-class ConvClassifier(nn.Module):
-    """The PolyMNIST digit classifier, for images ``[B, C, H, W]``.
 
-    Conv(C->10, k4, s2, p1) - Dropout2d(.5) - ReLU - Conv(10->20, k4, s2, p1) - Dropout2d(.5)
-    - ReLU - Flatten - Linear(128) - ReLU - Linear(classes), as in the MoPoE evaluation of
-    PolyMNIST (Sutter et al. 2021; ``ConvNetworkImgClfCMNIST``). At 28x28 the flattened
-    size is 20*7*7 = 980; other sizes use the same layers with their own flattened size.
-
-    Args:
-        channels: Input channels C.
-        height: Input height H (>= 4).
-        width: Input width W (>= 4).
-        num_classes: Output logits.
-    """
-
-    def __init__(self, channels: int, height: int, width: int, num_classes: int) -> None:
-        super().__init__()
-        out_h, out_w = (height // 2) // 2, (width // 2) // 2
-        self.body = nn.Sequential(
-            nn.Conv2d(channels, 10, kernel_size=4, stride=2, padding=1),
-            nn.Dropout2d(0.5),
-            nn.ReLU(),
-            nn.Conv2d(10, 20, kernel_size=4, stride=2, padding=1),
-            nn.Dropout2d(0.5),
-            nn.ReLU(),
-            nn.Flatten(),
-            nn.Linear(20 * out_h * out_w, 128),
-            nn.ReLU(),
-        )
-        self.head = nn.Linear(128, num_classes)
-
-    def features(self, x: Tensor) -> Tensor:
-        """Penultimate activations ``[B, 128]`` (the feature space of the Frechet distance)."""
-        return self.body(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.features(x))
-
-
-class MLPClassifier(nn.Module):
-    """Flatten - Linear(256) - ReLU - Dropout - Linear(128) - ReLU - Dropout - Linear(classes).
-
-    Args:
-        in_features: Flattened input size.
-        num_classes: Output logits.
-        dropout: Dropout probability after each hidden layer.
-    """
-
-    def __init__(self, in_features: int, num_classes: int, dropout: float = 0.2) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(in_features, 256),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(256, 128),
-            nn.ReLU(),
-        )
-        self.dropout = nn.Dropout(dropout)
-        self.head = nn.Linear(128, num_classes)
-
-    def features(self, x: Tensor) -> Tensor:
-        """Penultimate activations ``[B, 128]``."""
-        return self.body(x)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.dropout(self.features(x)))
-
-
-def build_classifier(spec: ModalitySpec, num_classes: int) -> nn.Module:
-    """A classifier returning logits for one modality, with a ``features(x)`` method.
-
-    Images ``(C, H, W)`` get :class:`ConvClassifier` (exactly the PolyMNIST classifier at
-    28x28); every other shape gets :class:`MLPClassifier` on the flattened input.
-
-    Example:
-        >>> net = build_classifier(ModalitySpec("m0", (3, 28, 28), "image"), 10)
-        >>> net(torch.rand(2, 3, 28, 28)).shape, net.features(torch.rand(2, 3, 28, 28)).shape
-        (torch.Size([2, 10]), torch.Size([2, 128]))
-    """
-    shape = tuple(spec.shape)
-    if spec.kind == "image" and len(shape) == 3 and min(shape[1:]) >= 4:
-        return ConvClassifier(shape[0], shape[1], shape[2], num_classes)
-    return MLPClassifier(int(np.prod(shape)), num_classes)
 
 
 # -- scores -------------------------------------------------------------------------------------
@@ -199,7 +119,7 @@ class ModalityClassifiers:
     num_classes: int
     multilabel: bool = False
 
-    def to(self, device: torch.device | str) -> "ModalityClassifiers":
+    def to(self, device: torch.device | str) -> ModalityClassifiers:
         """Move every classifier to ``device`` (in place) and return self."""
         for net in self.models.values():
             net.to(device)
@@ -211,7 +131,7 @@ class ModalityClassifiers:
             param = next(net.parameters(), None)
             if param is not None:
                 x = x.to(param.device)
-            return net.features(x) if features else net(x)
+            return cast(Any, net).features(x) if features else net(x)
 
     def scores(self, name: str, x: Tensor) -> Tensor:
         """Class probabilities ``[B, classes]`` (independent sigmoids when multi-label)."""
@@ -280,6 +200,7 @@ def train_classifiers(
             for batch in train.batches(batch_size, shuffle=True, generator=generator):
                 batch = batch.to(device)
                 y = batch.labels
+                assert y is not None  # require_labels checked the data
                 loss = torch.zeros((), device=device)
                 for name, net in models.items():
                     keep = batch.mask[name]

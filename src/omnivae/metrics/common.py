@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -36,7 +37,7 @@ __all__ = [
 
 def subset_key(names: Sequence[str], row: Tensor | Sequence[bool]) -> str:
     """``"m0+m2"`` for the subset ``row`` (booleans over ``names``)."""
-    return "+".join(n for n, keep in zip(names, [bool(v) for v in row]) if keep)
+    return "+".join(n for n, keep in zip(names, [bool(v) for v in row], strict=False) if keep)
 
 
 def all_subsets(names: Sequence[str], device: torch.device | str | None = None) -> tuple[Tensor, list[str]]:
@@ -62,7 +63,8 @@ def eval_batches(data: MultimodalDataset, batch_size: int, device: torch.device 
 def require_labels(data: MultimodalDataset, metric: str) -> Tensor:
     """The labels, or a clear error naming the metric that needs them."""
     if data.labels is None:
-        raise DataError(f"the {metric} metric needs labels, and dataset {data.name!r} has none; drop it from --metrics")
+        raise DataError(f"the {metric} metric needs labels, and dataset {data.name!r} has none; drop it from metrics",
+                        parameter="metrics")
     return data.labels
 
 
@@ -97,13 +99,13 @@ def evaluating(module: nn.Module) -> Iterator[nn.Module]:
         module.train(was_training)
 
 
-def model_inputs(model, batch: Batch) -> dict[str, Tensor]:
+def model_inputs(model: Any, batch: Batch) -> dict[str, Tensor]:
     """The batch's modalities in the model's floating dtype (batches arrive as float32)."""
     dtype = model.likelihood_weights.dtype
     return {name: value.to(dtype) for name, value in batch.x.items() if name in model.names}
 
 
-def subset_inference(model, batch: Batch, subsets: Tensor) -> tuple[Distribution, Tensor, Tensor, dict[str, Tensor]]:
+def subset_inference(model: Any, batch: Batch, subsets: Tensor) -> tuple[Distribution, Tensor, Tensor, dict[str, Tensor]]:
     """Posteriors q(z | x_S) of every row of ``subsets`` from one encoder pass.
 
     A subset's posterior is meaningful in row b only when the whole subset is observed

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from omnivae.data.base import MultimodalDataset
+from omnivae.data.base import ModalitySpec, MultimodalDataset
 from omnivae.errors import UserError
 from omnivae.metrics.classifiers import ModalityClassifiers
 from omnivae.metrics.coherence import conditioned_rows, subset_targets
@@ -43,7 +43,7 @@ from omnivae.metrics.common import (
 )
 from omnivae.models import MultimodalVAE
 
-__all__ = ["generation_frechet", "load_inception_features", "FeatureExtractor", "require_torchmetrics"]
+__all__ = ["generation_frechet", "load_inception_features", "image_features", "FeatureExtractor", "require_torchmetrics"]
 
 #: ``(target modality, samples [N, *shape]) -> features [N, F]``.
 FeatureFn = Callable[[str, Tensor], Tensor]
@@ -81,6 +81,17 @@ class FeatureExtractor(nn.Module):
 
 def _classifier_features(classifiers: ModalityClassifiers) -> FeatureFn:
     return lambda name, x: classifiers.features(name, x)
+
+
+def image_features(
+    images: Callable[[Tensor], Tensor], classifiers: ModalityClassifiers, modalities: Sequence[ModalitySpec]
+) -> FeatureFn:
+    """The ``feature_fn`` of :func:`generation_frechet` that scores image modalities with
+    ``images`` (e.g. :func:`load_inception_features`, FID proper) and every other modality
+    with the classifiers' features, since an image network cannot read vectors or text."""
+    kinds = {spec.name: spec.kind for spec in modalities}
+    others = _classifier_features(classifiers)
+    return lambda name, x: images(x) if kinds[name] == "image" else others(name, x)
 
 
 @torch.no_grad()

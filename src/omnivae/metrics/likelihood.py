@@ -284,5 +284,5 @@ def likelihood_subsets(
         chosen.add(tuple(j in members for j in range(m)))
     rows = sorted(chosen, key=lambda row: (sum(row), [not v for v in row]))
     table = torch.tensor(rows, dtype=torch.bool, device=device)
-    keys = ["+".join(n for n, keep in zip(names, row) if keep) for row in rows]
+    keys = ["+".join(n for n, keep in zip(names, row, strict=False) if keep) for row in rows]
     return table, keys, {"scored": len(rows), "of": total, "sampled": True, "seed": _SUBSET_SEED}

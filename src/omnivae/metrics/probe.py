@@ -17,6 +17,7 @@ References:
 
 from __future__ import annotations
 
+from typing import Any
 
 import numpy as np
 import torch
@@ -48,7 +49,7 @@ def _subset_means(
     subsets: Tensor,
     batch_size: int,
     device: torch.device | str,
-    bar=None,
+    bar: Any = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Posterior means ``[S, N, D]`` of every subset and their validity ``[S, N]``."""
     means, valid = [], []
@@ -140,7 +141,7 @@ def _fit_probes(
     test_labels: np.ndarray,
     max_iter: int,
     seed: int,
-    bar,
+    bar: Any,
 ) -> dict[str, float]:
     """One standardised logistic regression per subset, scored on the test rows."""
     per_subset: dict[str, float] = {}

@@ -13,6 +13,7 @@ import math
 import textwrap
 from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
+from typing import Any, cast
 
 import matplotlib
 
@@ -26,7 +27,14 @@ from torch import Tensor  # noqa: E402
 
 from omnivae.data.base import ModalitySpec  # noqa: E402
 from omnivae.data.text import ALPHABET  # noqa: E402
-from omnivae.train.checkpoint import atomic_write_bytes  # noqa: E402
+from omnivae.fileio import atomic_write_bytes  # noqa: E402
+from omnivae.report.rows import (  # noqa: E402
+    COHERENCE_CURVE,
+    PROBE_CURVE,
+    chance_levels,
+    row_titles,
+    stratified_rows,
+)
 
 __all__ = [
     "PROBE_CURVE",
@@ -44,8 +52,6 @@ __all__ = [
 ]
 
 #: Panel names of the by-size curves that are fractions in [0, 1] with a chance level.
-PROBE_CURVE = "latent linear probe accuracy"
-COHERENCE_CURVE = "conditional coherence"
 
 _GIVEN_COLOUR = "#1f4e79"
 _GENERATED_COLOUR = "#8b1a1a"
@@ -77,95 +83,12 @@ def as_picture(value: Tensor, spec: ModalitySpec) -> np.ndarray:
 # What to show
 
 
-def _class_keys(labels: Tensor) -> Tensor:
-    """One integer class per row; multi-label rows (CelebA) are keyed by their first attribute."""
-    labels = labels.detach().cpu()
-    return (labels[:, 0] > 0).long() if labels.dim() > 1 else labels.long()
-
-
-def stratified_rows(labels: Tensor | None, count: int, seed: int = 0, eligible: Tensor | None = None) -> Tensor:
-    """Indices of ``count`` rows spread over the classes, ordered by class.
-
-    The classes are visited in a seeded random order, round robin, each giving its next row
-    from a seeded shuffle of its rows, so ``count`` rows cover ``min(count, classes)``
-    classes and no class has two rows more than another (unless it runs out of rows). A
-    different ``seed`` picks other rows (and, for fewer rows than classes, other classes).
-
-    Args:
-        labels: ``[N]`` class per row, ``[N, A]`` multi-label (stratified by the first
-            attribute), or None (a seeded random draw).
-        count: Rows wanted; fewer come back when fewer rows are eligible.
-        seed: Seed of the draw.
-        eligible: Optional ``BoolTensor[N]``: only these rows may be drawn (e.g. rows with
-            at least one conditioning modality observed).
-
-    Example:
-        >>> stratified_rows(torch.tensor([0, 0, 0, 1, 1, 2]), 3).tolist()  # one row per class
-        [2, 3, 5]
-    """
-    if labels is None and eligible is None:
-        raise ValueError("stratified_rows needs labels or an eligible mask to know the number of rows")
-    total = len(labels) if labels is not None else len(eligible)
-    candidates = torch.arange(total) if eligible is None else eligible.detach().cpu().bool().nonzero().flatten()
-    generator = torch.Generator().manual_seed(int(seed))
-    shuffled = candidates[torch.randperm(len(candidates), generator=generator)]
-    count = min(int(count), len(shuffled))
-    if labels is None:
-        return shuffled[:count].sort().values
-    keys = _class_keys(labels)[shuffled]
-    classes = keys.unique()
-    classes = classes[torch.randperm(len(classes), generator=generator)]
-    queues = [shuffled[keys == c].tolist() for c in classes.tolist()]
-    chosen: list[tuple[int, int]] = []
-    depth = 0
-    while len(chosen) < count:
-        for key, queue in zip(classes.tolist(), queues):
-            if depth < len(queue) and len(chosen) < count:
-                chosen.append((key, queue[depth]))
-        depth += 1
-    return torch.tensor([row for _, row in sorted(chosen)], dtype=torch.long)
-
-
-def row_titles(labels: Tensor | None, label_names: Sequence[str] | None = None) -> list[str] | None:
-    """``"class 3"`` (or the label's name) for each row; None without labels."""
-    if labels is None:
-        return None
-    labels = labels.detach().cpu()
-    if labels.dim() > 1:
-        first = label_names[0] if label_names else "attribute 0"
-        return [first if bool(v > 0) else f"not {first}" for v in labels[:, 0]]
-    names = list(label_names or [])
-    return [names[int(v)] if 0 <= int(v) < len(names) else f"class {int(v)}" for v in labels]
-
-
-def chance_levels(labels: Tensor | None, num_classes: int | None = None) -> dict[str, float]:
-    """Chance levels of the by-size accuracy curves, from the test labels.
-
-    Coherence is a class-balanced accuracy, so any guess that ignores the input scores
-    ``1 / num_classes``; the probe is a plain accuracy, which a constant guess of the most
-    frequent class already reaches (the majority-class rate). For multi-label data both are
-    a mean average precision, whose chance level is the mean rate of positives.
-
-    Example:
-        >>> chance_levels(torch.tensor([0, 0, 0, 1]))
-        {'latent linear probe accuracy': 0.75, 'conditional coherence': 0.5}
-    """
-    if labels is None or len(labels) == 0:
-        return {}
-    labels = labels.detach().cpu()
-    if labels.dim() > 1:
-        positives = float((labels > 0).float().mean())
-        return {PROBE_CURVE: positives, COHERENCE_CURVE: positives}
-    counts = torch.bincount(labels.long() - int(labels.min()))
-    classes = max(int((counts > 0).sum()), num_classes or 0)
-    return {PROBE_CURVE: float(counts.max()) / len(labels), COHERENCE_CURVE: 1.0 / classes}
-
-
 def class_colors(count: int) -> np.ndarray:
     """``count`` distinct RGBA colours ``[count, 4]``: tab10 up to 10 classes, tab20 up to
     20, evenly spaced samples of a continuous map beyond (no colour is used twice)."""
     if count <= 20:
-        return matplotlib.colors.to_rgba_array(plt.get_cmap("tab10" if count <= 10 else "tab20").colors[:count])
+        listed: Any = plt.get_cmap("tab10" if count <= 10 else "tab20")  # a ListedColormap
+        return matplotlib.colors.to_rgba_array(listed.colors[:count])
     return np.asarray(plt.get_cmap("turbo")(np.linspace(0.03, 0.97, count)), dtype=float)
 
 
@@ -197,7 +120,7 @@ def decode_text(value: Tensor) -> str:
     value = value.detach().float().cpu()
     best = value.argmax(-1).tolist()
     present = (value.max(-1).values > 0).tolist()
-    return "".join(ALPHABET[i] for i, keep in zip(best, present) if keep).replace("\n", " ")
+    return "".join(ALPHABET[i] for i, keep in zip(best, present, strict=False) if keep).replace("\n", " ")
 
 
 _Column = tuple[str, Tensor, ModalitySpec, Tensor | None]  # title, values [B, *shape], spec, observed [B]
@@ -267,7 +190,7 @@ def _draw_cell(ax: plt.Axes, value: Tensor, spec: ModalitySpec, limits: tuple[fl
         ax.plot(positions, value.numpy(), linewidth=0.8, color=_VECTOR_LINE)
     ax.set_xlim(-0.6 if style == "bars" else 0, positions[-1] + (0.6 if style == "bars" else 0))
     ax.set_ylim(low, high)
-    if low is not None and low < 0 < high:
+    if low is not None and high is not None and low < 0 < high:
         ax.axhline(0, color="0.75", linewidth=0.5, zorder=0)
     if show_scale:
         ax.yaxis.set_major_locator(matplotlib.ticker.MaxNLocator(3))
@@ -371,7 +294,7 @@ def sample_grid(
 def _mean_and_std(value: float | Sequence[float]) -> tuple[float, float]:
     if isinstance(value, (tuple, list)):
         return float(value[0]), float(value[1])
-    return float(value), 0.0
+    return float(cast(float, value)), 0.0
 
 
 def metric_curves(
@@ -402,10 +325,10 @@ def metric_curves(
     chance = dict(chance or {})
     bounded = set(unit_interval) if unit_interval is not None else {PROBE_CURVE, COHERENCE_CURVE, *chance}
     models = list(dict.fromkeys(model for m in metrics for model in curves[m]))
-    colours = dict(zip(models, class_colors(len(models))))
+    colours = dict(zip(models, class_colors(len(models)), strict=False))
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.0 * len(metrics), 3.3), squeeze=False)
-    handles: dict[str, object] = {}
-    for ax, metric in zip(axes[0], metrics):
+    handles: dict[str, Any] = {}
+    for ax, metric in zip(axes[0], metrics, strict=False):
         sizes_seen: set[int] = set()
         for model, by_size in curves[metric].items():
             sizes = sorted(by_size, key=int)
@@ -466,7 +389,7 @@ def tradeoff_curves(
     if unit_interval is None:
         unit_interval = {m for m in panels if m.startswith(("probe", "coherence"))}
     fig, axes = plt.subplots(1, len(panels), figsize=(4.4 * len(panels), 3.6), squeeze=False)
-    for ax, metric in zip(axes[0], panels):
+    for ax, metric in zip(axes[0], panels, strict=False):
         for model, points in series.items():
             usable = [(beta, p) for beta, p in points if metric in p and x_metric in p]
             if not usable:
@@ -476,7 +399,7 @@ def tradeoff_curves(
             xerr = np.array([p[x_metric][1] for _, p in usable])
             yerr = np.array([p[metric][1] for _, p in usable])
             line = ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, marker="o", capsize=2, label=model)
-            for (beta, _), x, y in zip(usable, xs, ys):
+            for (beta, _), x, y in zip(usable, xs, ys, strict=False):
                 ax.annotate(f"{beta:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points",
                             color=line[0].get_color())
         if metric in unit_interval:

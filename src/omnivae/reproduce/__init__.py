@@ -38,7 +38,9 @@ def get_preset(paper: str, scale: str) -> Preset:
     if paper not in PAPERS:
         raise unknown_name("paper", paper, list(PAPERS))
     if scale not in SCALES:
-        raise unknown_name("--scale", scale, SCALES)
+        error = unknown_name("scale", scale, SCALES)
+        error.parameter = "scale"
+        raise error
     return PAPERS[paper](scale)
 
 
@@ -85,12 +87,12 @@ def plan(preset: Preset, seeds: int | None = None) -> str:
             extra = f"; {json.dumps(settings)}" if settings else ""
             lines.append(f"  {model}: {exp.train_options(model, 'cpu', False)['epochs']} epochs, "
                          f"{steps:,} steps per run (all stages){extra}")
-        lines.append(f"  untrained reference: 1 run per model (0 epochs, seed 0), evaluated only")
+        lines.append("  untrained reference: 1 run per model (0 epochs, seed 0), evaluated only")
         lines.append(f"  expected: {cpu:.2f} h on 2 CPU threads, {gpu:.2f} h on one GPU")
-    for extra in preset.extras:
-        cpu, gpu = extra.seconds["cpu"] * extra.seeds / 3600, extra.seconds["gpu"] * extra.seeds / 3600
+    for step in preset.extras:
+        cpu, gpu = step.seconds["cpu"] * step.seeds / 3600, step.seconds["gpu"] * step.seeds / 3600
         total_cpu, total_gpu = total_cpu + cpu, total_gpu + gpu
-        lines.append(f"[{extra.name}] {extra.description}: expected {cpu:.2f} h on CPU, {gpu:.2f} h on GPU")
+        lines.append(f"[{step.name}] {step.description}: expected {cpu:.2f} h on CPU, {gpu:.2f} h on GPU")
     lines.append("")
     lines.append(f"total: {total_runs} benchmark runs, expected {total_cpu:.2f} h on 2 CPU threads, "
                  f"{total_gpu:.2f} h on one GPU")
@@ -164,9 +166,10 @@ def _check_data(preset: Preset, data_dir: str | None) -> None:
             continue
         needs = f" ({info.needs})" if info.needs else ""
         raise UserError(
-            f"reproduce {preset.paper} --scale {preset.scale} needs the dataset {exp.dataset}, which is not "
-            f"available here{needs}; give its files with --data-dir"
-            + ("" if preset.scale == "full" else ", or use another paper's preset")
+            f"the {preset.paper} preset at scale {preset.scale!r} needs the dataset {exp.dataset}, which is not "
+            f"available here{needs}; give its files with data_dir"
+            + ("" if preset.scale == "full" else ", or use another paper's preset"),
+            parameter="data_dir",
         )
 
 
@@ -187,13 +190,13 @@ def reproduce(
     """
     from omnivae.benchmark import run_benchmark
     from omnivae.evaluate import EvalOptions
+    from omnivae.fileio import atomic_write_bytes
     from omnivae.models import ModelConfig
     from omnivae.train import TrainConfig
-    from omnivae.train.checkpoint import atomic_write_bytes
 
     seeds = preset.seeds if seeds is None else seeds
     if seeds < 1:
-        raise UserError(f"--seeds must be >= 1, got {seeds}")
+        raise UserError(f"seeds must be >= 1, got {seeds}", parameter="seeds")
     _check_data(preset, data_dir)
     # Every setting is checked before anything is written.
     for exp in preset.experiments:

@@ -52,10 +52,10 @@ def _tables(experiment: str, per_subset: bool) -> tuple[PublishedTable, ...]:
     """Table 1 next to ours: every column on MNIST-SVHN-Text, the averages elsewhere."""
     if per_subset:
         subsets = ("mnist", "svhn", "text", "mnist+svhn", "mnist+text", "svhn+text", "mnist+svhn+text")
-        probe_cols = tuple(zip(("M", "S", "T", "M,S", "M,T", "S,T", "M,S,T"), (f"probe [{s}]" for s in subsets)))
+        probe_cols: tuple[tuple[str, str | None], ...] = tuple(zip(("M", "S", "T", "M,S", "M,T", "S,T", "M,S,T"), (f"probe [{s}]" for s in subsets), strict=False))
         pairs = [("mnist", ("svhn", "text", "svhn+text")), ("svhn", ("mnist", "text", "mnist+text")),
                  ("text", ("mnist", "svhn", "mnist+svhn"))]
-        coherence_cols = tuple(
+        coherence_cols: tuple[tuple[str, str | None], ...] = tuple(
             (f"{target[0].upper()}<-{'+'.join(s[0].upper() for s in source.split('+'))}", f"coherence [{source}->{target}]")
             for target, sources in pairs for source in sources
         )
@@ -197,7 +197,7 @@ _MST = Experiment(
 )
 
 
-def preset(scale: str):
+def preset(scale: str) -> Preset:
     """The barycentric paper's protocol at ``scale`` (``"cpu"`` or ``"full"``)."""
     if scale == "cpu":
         return Preset(

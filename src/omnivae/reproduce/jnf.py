@@ -20,6 +20,7 @@ paper's 200,000 toy pairs.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 from omnivae.reproduce.spec import Claim, Compare, Experiment, Extra, Preset, PublishedTable, Ref
@@ -76,7 +77,7 @@ def _claims(experiment: str) -> tuple[Claim, ...]:
     )
 
 
-def _toy(dataset: str, epochs: int):
+def _toy(dataset: str, epochs: int) -> Callable[[Path, int, bool], dict[str, dict[str, float]]]:
     """The Fig. 2 toy as a resumable extra step: one figure and one ``toy.json`` per seed."""
 
     def run(folder: Path, seed: int, progress: bool) -> dict[str, dict[str, float]]:

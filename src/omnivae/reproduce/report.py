@@ -64,7 +64,7 @@ def reproduce_markdown(
     lines.append("Each claim holds when every one of its conditions holds; tolerances were fixed in the preset "
                  f"(`omnivae/reproduce/{preset.paper}.py`) before any run.")
     lines.append("")
-    for number, (claim, (ok, checks)) in enumerate(zip(preset.claims, verdicts), start=1):
+    for number, (claim, (ok, checks)) in enumerate(zip(preset.claims, verdicts, strict=False), start=1):
         lines.append(f"{number}. **{'reproduced' if ok else 'not reproduced'}**: {claim.statement} ({claim.source})")
         for check in checks:
             lines.append(f"   - {'✓' if check.passed else '✗'} {check.text}")
@@ -89,7 +89,7 @@ def reproduce_markdown(
         lines.append(_row(["---"] * len(header)))
         for run, printed in table.rows.items():
             cells = [run]
-            for (label, metric), paper in zip(table.columns, printed):
+            for (_label, metric), paper in zip(table.columns, printed, strict=False):
                 cells.append(paper)
                 if metric is not None:
                     cells.append(_cell(values.get((table.experiment, run, metric))))

@@ -295,7 +295,7 @@ def _interpolate(curve: Sequence[tuple[float, float]], x: float) -> float:
     """y at ``x`` on the piecewise-linear ``curve`` (sorted by x), clamped at its ends."""
     if x <= curve[0][0]:
         return curve[0][1]
-    for (x0, y0), (x1, y1) in zip(curve, curve[1:]):
+    for (x0, y0), (x1, y1) in zip(curve, curve[1:], strict=False):
         if x <= x1:
             return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
     return curve[-1][1]

@@ -3,7 +3,13 @@
 from omnivae.train.checkpoint import check_run_dir
 from omnivae.train.run import load_run, new_run_dir, train
 from omnivae.train.schedules import LinearWarmup
-from omnivae.train.trainer import TrainConfig, Trainer, TrainingInterrupted, hide_modalities, resolve_device
+from omnivae.train.trainer import (
+    TrainConfig,
+    Trainer,
+    TrainingInterrupted,
+    hide_modalities,
+    resolve_device,
+)
 
 __all__ = [
     "TrainConfig",

@@ -47,7 +47,7 @@ from torch import Tensor
 
 from omnivae import __version__
 from omnivae.errors import RunDirError, UserError
-from omnivae.fileio import atomic_write_bytes, fsync_dir, json_bytes, sha256_file, write_durable
+from omnivae.fileio import atomic_write_bytes, fsync_dir, json_bytes, write_durable
 
 FORMAT = "omnivae-run/1"
 POINTER = "checkpoint.json"
@@ -233,7 +233,7 @@ def read_published(run_dir: Path, read: Callable[[Checkpoint], T], attempts: int
     reads the newer generation, so it never reports damage that is not there.
     """
     run_dir = Path(run_dir)
-    for attempt in range(attempts):
+    for _attempt in range(attempts):
         checkpoint = published_checkpoint(run_dir)
         if checkpoint is None:
             raise no_checkpoint_error(run_dir)
@@ -356,7 +356,7 @@ class RunLock:
         self._fd: int | None = fd
 
     @classmethod
-    def acquire(cls, run_dir: Path) -> "RunLock":
+    def acquire(cls, run_dir: Path) -> RunLock:
         """Take the lock of ``run_dir`` (created if needed), or raise :class:`RunDirError`
         naming the process that holds it."""
         run_dir = Path(run_dir)
@@ -385,7 +385,7 @@ class RunLock:
             os.close(self._fd)  # closing the last descriptor releases the flock
             self._fd = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -418,7 +418,8 @@ def busy_error(run_dir: Path, pid: int) -> RunDirError:
     who = f"pid {pid}" if pid else "pid unknown"
     return RunDirError(
         f"{run_dir} is being trained by another process ({who}); wait for it to finish "
-        f"(or stop it: omnivae train --resume {run_dir} continues it later), or pick another --out"
+        f"(or stop it: omnivae train --resume {run_dir} continues it later), or pick another run_dir",
+        parameter="run_dir",
     )
 
 

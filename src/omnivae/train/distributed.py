@@ -44,6 +44,7 @@ import atexit
 import os
 import sys
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -52,10 +53,12 @@ from torch import Tensor
 from omnivae.data.base import Batch
 from omnivae.errors import UserError
 
+T = TypeVar("T")
+
 __all__ = ["Distributed", "launched", "world_size", "setup", "current", "is_main", "quiet_other_ranks"]
 
 _GOLDEN = 0x9E3779B97F4A7C15  # spreads (seed, rank) pairs over the seed space
-_context: "Distributed | None" = None
+_context: Distributed | None = None
 
 
 def world_size() -> int:
@@ -95,7 +98,7 @@ class Distributed:
     world_size: int
     local_rank: int
     device: torch.device
-    control: object = None
+    control: Any = None
     _weight: float = field(default=1.0, repr=False)
 
     @property
@@ -164,7 +167,7 @@ class Distributed:
             offset += value.numel()
         if self.control is None:
             present = buffer[offset:]
-        for p, count in zip(params, present.tolist()):
+        for p, count in zip(params, present.tolist(), strict=False):
             if count == 0:  # no process had a gradient: leave it to Adam to skip, as one process does
                 p.grad = None
         return reduced
@@ -182,7 +185,7 @@ class Distributed:
             for tensor in [*module.parameters(), *module.buffers()]:
                 dist.broadcast(tensor.data, src=0)
 
-    def broadcast_object(self, obj):
+    def broadcast_object(self, obj: T) -> T:
         """Rank 0's ``obj`` (any picklable value) in every process."""
         box = [obj]
         dist.broadcast_object_list(box, src=0, group=self.control)
@@ -241,8 +244,8 @@ def setup(device: torch.device) -> Distributed | None:
     if device.type == "cuda":
         if device.index is not None:
             raise UserError(
-                f"--device {device} under torchrun: each process uses the GPU cuda:LOCAL_RANK; "
-                "give --device cuda (choose the GPUs with CUDA_VISIBLE_DEVICES)"
+                f"device {device} under torchrun: each process uses the GPU cuda:LOCAL_RANK; "
+                "give device='cuda' (choose the GPUs with CUDA_VISIBLE_DEVICES)", parameter="device"
             )
         if local >= torch.cuda.device_count():
             raise UserError(

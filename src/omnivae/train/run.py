@@ -56,7 +56,7 @@ def data_fingerprint(data: MultimodalDataset) -> str:
             return
         array = np.ascontiguousarray(tensor.detach().cpu().numpy())
         digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
-        digest.update(memoryview(array).cast("B"))
+        digest.update(array.data.cast("B"))
 
     for spec in data.modalities:
         add(f"data/{spec.name}", data.data[spec.name])
@@ -86,30 +86,32 @@ def check_writable_run(run_dir: Path, resume: bool, overwrite: bool = False, loc
         raise busy_error(run_dir, holder)
     if resume:
         if overwrite:
-            raise UserError("give either --resume (continue the run) or --overwrite (start it again), not both")
+            raise UserError("give either resume=True (continue the run) or overwrite=True (start it again), not both",
+                            parameter="overwrite")
         check_run_dir(run_dir)
         if published_checkpoint(run_dir) is None:
             raise no_checkpoint_error(run_dir)
         return
     if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"{run_dir} is a file, not a folder; pick another --out")
+        raise UserError(f"{run_dir} is a file, not a folder; pick another run_dir", parameter="run_dir")
     if run_dir_is_empty(run_dir):
         return
     is_run = (run_dir / "config.json").is_file()
     if overwrite:
         if not is_run:
             raise UserError(
-                f"--overwrite refused: {run_dir} holds files but is not an omnivae run (no config.json); "
-                "it is not deleted, pick another --out"
+                f"overwrite refused: {run_dir} holds files but is not an omnivae run (no config.json); "
+                "it is not deleted, pick another run_dir", parameter="overwrite"
             )
         check_run_dir(run_dir)  # a foreign config.json is not deleted either
         return
     if is_run and published_checkpoint(run_dir) is None:
         raise UserError(
-            f"{run_dir} holds a run that stopped before its first checkpoint; start it again with --overwrite "
-            "(it replaces that run), or pick another --out"
+            f"{run_dir} holds a run that stopped before its first checkpoint; start it again with overwrite=True "
+            "(it replaces that run), or pick another run_dir", parameter="overwrite"
         )
-    raise UserError(f"{run_dir} already exists and is not empty; pick another --out or continue it with --resume {run_dir}")
+    raise UserError(f"{run_dir} already exists and is not empty; pick another run_dir or continue it with resume=True",
+                    parameter="resume")
 
 
 def train(
@@ -166,7 +168,8 @@ def train(
         if saved is not None and saved != fingerprint and not allow_data_change:
             raise UserError(
                 f"the training data differ from the data {run_dir} was trained on (its fingerprint changed); "
-                "resume it on its own data, or pass --allow-data-change to continue on these"
+                "resume it on its own data, or pass allow_data_change=True to continue on these",
+                parameter="allow_data_change",
             )
     trainer = Trainer(model, objective, data.train, train_config, run_dir, data.test, run_config)
     loaded = None
@@ -174,13 +177,14 @@ def train(
         assert run_dir is not None
         loaded = trainer.load(run_dir)
     writes = run_dir is not None and _writes_here()
-    with RunLock.acquire(run_dir) if writes else nullcontext() as lock:
+    with RunLock.acquire(run_dir) if writes and run_dir is not None else nullcontext() as lock:
         if writes:
             assert run_dir is not None
             check_writable_run(run_dir, resume, overwrite, locked=True)  # again, now that no one else can write
             if overwrite:
                 clear_run(run_dir)
-            if resume and published_checkpoint(run_dir).generation != loaded:  # another writer came between
+            current = published_checkpoint(run_dir)
+            if resume and (current is None or current.generation != loaded):  # another writer came between
                 trainer.load(run_dir)
         trainer.lock = lock
         trainer.fit()
@@ -208,7 +212,7 @@ class LoadedRun:
 
 
 def load_run(
-    run_dir: str | Path,
+    run_dir: str | os.PathLike[str],
     device: str | torch.device = "cpu",
     encoders: Mapping[str, torch.nn.Module] | None = None,
     decoders: Mapping[str, torch.nn.Module] | None = None,
