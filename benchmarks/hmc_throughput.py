@@ -1,7 +1,7 @@
 """HMC throughput: chain-steps per second, batched chains vs a Python loop over chains.
 
 The target is JNF's subset posterior (Eq. 12) with three diagonal Gaussian experts over a
-standard normal prior, built with :func:`omnivae.samplers.product_of_posteriors_log_prob`;
+standard normal prior, built with :func:`omnivae.methods.jnf.posterior.product_of_posteriors_log_prob`;
 each HMC step is ``--leapfrog`` gradient evaluations. "batched" runs all ``B`` chains in one
 :func:`omnivae.samplers.hmc` call; "loop" calls it once per chain (one row at a time),
 timed on the first ``--loop-chains`` chains and reported per chain (its cost is linear in
@@ -22,7 +22,8 @@ import time
 import torch
 from torch import Tensor
 
-from omnivae.samplers import HMCResult, hmc, product_of_posteriors_log_prob
+from omnivae.methods.jnf.posterior import product_of_posteriors_log_prob
+from omnivae.samplers import HMCResult, hmc
 
 
 def make_target(num_chains: int, dim: int, device: torch.device, generator: torch.Generator):

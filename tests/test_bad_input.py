@@ -268,6 +268,8 @@ CLI_CASES = [
             ("unknown prior 'cauchy'", "laplace", "normal")),
     CliCase("unknown-backbone", "CLI", "--backbone transformer", T("--backbone", "transformer"),
             ("unknown backbone 'transformer'", "mlp", "conv")),
+    CliCase("unknown-tracker", "CLI", "--track tensorboard,comet", T("--track", "tensorboard,comet"),
+            ("unknown tracking backend 'comet'", "mlflow", "tensorboard", "wandb")),
     CliCase("unknown-flag", "CLI", "a flag omnivae does not have", T("--frobnicate", "3"),
             ("--frobnicate", "--help")),
     CliCase("abbreviated-flag", "CLI", "--latent for --latent-dim", T("--latent", "3"), ("--latent",)),
@@ -363,6 +365,8 @@ CLI_CASES = [
     CliCase("hdf5-not-hdf5", "file", "hdf5:FILE of a file that is not HDF5", T("--dataset", "hdf5:{data}"),
             ("data.h5", "HDF5"), text_file("data.h5", "not hdf5")),
     # evaluate
+    CliCase("evaluate-unknown-tracker", "CLI", "evaluate --track comet", (*EVALUATE, "--track", "comet"),
+            ("unknown tracking backend 'comet'", "mlflow", "tensorboard", "wandb")),
     CliCase("evaluate-unknown-metric", "CLI", "evaluate --metrics probe,bleu", (*EVALUATE, "--metrics", "probe,bleu"),
             ("unknown metric 'bleu'", "coherence", "likelihood", "recon")),
     CliCase("evaluate-needs-labels", "CLI", "evaluate metrics that need labels on unlabelled data",

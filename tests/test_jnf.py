@@ -20,9 +20,9 @@ from helpers import LATENT, MODALITIES, NAMES, tiny_batch, tiny_config, tiny_spl
 from omnivae.data.base import ModalitySpec
 from omnivae.errors import UserError
 from omnivae.functional import subset_matrix
+from omnivae.methods.jnf import JNFVAE, RECIPES, JNFPosterior, UnimodalFlow
 from omnivae.models import MODELS, PriorDividedProduct, build_model
 from omnivae.train import TrainConfig, Trainer, load_run, train
-from omnivae.two_stage import RECIPES, JNFPosterior, JNFVAE, UnimodalFlow
 
 VECTORS = (
     ModalitySpec("a", (3,), "vector"),
@@ -383,7 +383,7 @@ def test_encode_uses_the_posterior_of_each_rows_observed_set():
 @pytest.mark.parametrize(
     "overrides, pattern",
     [
-        ({"aggregator": "moe"}, "takes no --aggregator"),
+        ({"aggregator": "moe"}, "takes no aggregator"),
         ({"options": {"flow_blocks": -1}}, "flow_blocks"),
         ({"options": {"hmc_prior_power": "twice"}}, "hmc_prior_power"),
         ({"options": {"hmc_step_size": 0}}, "hmc_step_size"),

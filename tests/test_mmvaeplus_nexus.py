@@ -22,7 +22,8 @@ from omnivae.data.base import ModalitySpec
 from omnivae.errors import DataError, UserError
 from omnivae.functional import subset_matrix
 from omnivae.methods.mmvaeplus import RECIPES as PLUS_RECIPES
-from omnivae.methods.mmvaeplus import ConcatenatedLatent, MMVAEPlus, MMVAEPlusObjective
+from omnivae.distributions import ConcatenatedBlocks
+from omnivae.methods.mmvaeplus import MMVAEPlus, MMVAEPlusObjective
 from omnivae.methods.nexus import RECIPES as NEXUS_RECIPES
 from omnivae.methods.nexus import Nexus, NexusNoise, perceptual_dropout
 from omnivae.metrics import (
@@ -268,7 +269,7 @@ def test_mmvaeplus_subset_posterior_is_mixture_of_z_times_posterior_or_prior_w()
     x = vector_batch(4)
     subsets = subset_matrix(3)
     posterior = model.subset_posteriors(x, subsets)
-    assert isinstance(posterior, ConcatenatedLatent)
+    assert isinstance(posterior, ConcatenatedBlocks)
     assert model.latent_dim == 2 + 3 * 2
     assert posterior.batch_shape == (7, 4) and posterior.mean.shape == (7, 4, 8)
     assert posterior.sample().shape == (7, 4, 8) and posterior.sample(torch.Size([3])).shape == (3, 7, 4, 8)

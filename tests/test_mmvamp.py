@@ -15,13 +15,12 @@ from torch import Tensor
 
 from helpers import MODALITIES, NAMES, tiny_batch, tiny_config, tiny_splits
 from omnivae.aggregators import MixtureOfExperts
-from omnivae.distributions import GaussianExperts, diagonal_normal
+from omnivae.distributions import ConcatenatedBlocks, GaussianExperts, diagonal_normal
 from omnivae.errors import UserError
 from omnivae.functional import subset_matrix, wasserstein_barycenter
 from omnivae.methods.mmvamp import (
     RECIPES,
     BlockLatentVAE,
-    BlockPosterior,
     IndependentELBO,
     MMVAMPELBO,
     masked_experts,
@@ -105,7 +104,7 @@ def test_block_posterior_mean_and_log_prob_are_the_block_closed_forms():
     experts = _random_experts(1)
     mask = _partial_mask()
     posterior = model.block_posterior(experts, mask)
-    assert isinstance(posterior, BlockPosterior)
+    assert isinstance(posterior, ConcatenatedBlocks)
     assert posterior.batch_shape == (B,) and posterior.event_shape == (L,)
     z = torch.randn(3, B, L, dtype=torch.float64)
     assert posterior.sample(torch.Size([5])).shape == (5, B, L)
@@ -438,5 +437,5 @@ def test_options_and_unsupported_settings_are_refused_clearly():
         _model("independent", options={"kl_estimator": "mc"})
     with pytest.raises(UserError, match="diag"):
         _model("mmvamp", covariance="lowrank", rank=2)
-    with pytest.raises(UserError, match="prior normal"):
+    with pytest.raises(UserError, match="prior=.normal."):
         _model("independent", prior="laplace")

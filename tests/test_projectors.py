@@ -1,4 +1,4 @@
-"""Tests of omnivae.projectors against closed forms and a NumPy reference (float64)."""
+"""Tests of omnivae.methods.jnf.projectors against closed forms and a NumPy reference (float64)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from omnivae.errors import UserError
-from omnivae.projectors import cca_total_correlation, contrastive_loss, dcca_loss
+from omnivae.methods.jnf.projectors import cca_total_correlation, contrastive_loss, dcca_loss
 
 DT = torch.float64
 

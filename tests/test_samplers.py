@@ -1,4 +1,4 @@
-"""Tests of omnivae.samplers: HMC against closed-form Gaussian targets (float64).
+"""Tests of omnivae.samplers (HMC) and of JNF's Eq. 12 target against closed-form Gaussian targets (float64).
 
 Moment checks use independent chains, so the tolerances come from the Monte Carlo error
 of independent draws: ``z`` standard errors for a mean, ``sqrt(2/N)`` relative error for a
@@ -14,13 +14,8 @@ import torch
 from torch import Tensor
 
 from omnivae.errors import UserError
-from omnivae.samplers import (
-    hmc,
-    leapfrog,
-    log_prob_and_grad,
-    mixture_initialisation,
-    product_of_posteriors_log_prob,
-)
+from omnivae.methods.jnf.posterior import mixture_initialisation, product_of_posteriors_log_prob
+from omnivae.samplers import hmc, leapfrog, log_prob_and_grad
 
 DT = torch.float64
 Z = 5.0  # standard errors allowed

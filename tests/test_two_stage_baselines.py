@@ -492,10 +492,10 @@ def test_recipes_build_their_own_aggregators():
 
 def test_old_configs_without_the_new_fields_still_load():
     stored = tiny_config("mwb").to_json()
-    for key in ("alpha", "tc_ratio", "joint_encoder"):
-        stored.pop(key)
+    assert "alpha" not in stored and "tc_ratio" not in stored  # method settings live in options
+    stored.pop("joint_encoder")
     config = ModelConfig.from_json(stored)
-    assert (config.alpha, config.tc_ratio, config.joint_encoder) == (0.1, 5 / 6, "heads")
+    assert (config.alpha, config.tc_ratio, config.joint_encoder) == (None, None, "heads")
     config.validate()
     for name in ("jmvae", "mvtcae"):
         again = ModelConfig.from_json({**stored, "model": name})
@@ -503,7 +503,21 @@ def test_old_configs_without_the_new_fields_still_load():
         out = objective(model, vector_batch(dtype=torch.float32), torch.ones(3, B, dtype=torch.bool))
         assert torch.isfinite(out.loss)
     round_trip = ModelConfig.from_json(tiny_config("jmvae", alpha=0.5, joint_encoder="concat").to_json())
-    assert (round_trip.alpha, round_trip.joint_encoder) == (0.5, "concat")
+    assert (round_trip.settings().alpha, round_trip.joint_encoder) == (0.5, "concat")
+
+
+def test_old_top_level_alpha_and_tc_ratio_fold_into_the_options():
+    # config.json before typed options: alpha and tc_ratio at the top level for every model
+    old = {**tiny_config("mwb").to_json(), "alpha": 0.1, "tc_ratio": 5 / 6}
+    assert ModelConfig.from_json(old).to_json()["options"] == {}  # mwb has neither: ignored, as before
+    jmvae = ModelConfig.from_json({**old, "model": "jmvae", "alpha": 0.3})
+    assert jmvae.to_json()["options"] == {"alpha": 0.3} and "alpha" not in jmvae.to_json()
+    assert build_model(jmvae, VECTORS)[1].alpha == 0.3
+    mvtcae = ModelConfig.from_json({**old, "model": "mvtcae", "tc_ratio": 0.7})
+    assert build_model(mvtcae, VECTORS)[1].tc_ratio == 0.7
+    assert ModelConfig.from_json(mvtcae.to_json()).settings().tc_ratio == 0.7  # round trip through options
+    with pytest.raises(UserError, match="alpha is given twice"):
+        tiny_config("jmvae", alpha=0.3, options={"alpha": 0.4}).validate()
 
 
 @pytest.mark.parametrize(
@@ -517,8 +531,8 @@ def test_old_configs_without_the_new_fields_still_load():
         ({"tc_ratio": -0.01}, "tc_ratio"),
         ({"tc_ratio": math.nan}, "tc_ratio"),
         ({"joint_encoder": "sum"}, "joint encoder 'sum'.*concat, heads"),
-        ({"model": "jmvae", "covariance": "lowrank", "rank": 2}, "covariance diag"),
-        ({"model": "jmvae", "prior": "laplace"}, "prior normal"),
+        ({"model": "jmvae", "covariance": "lowrank", "rank": 2}, "covariance='diag'"),
+        ({"model": "jmvae", "prior": "laplace"}, "prior='normal'"),
     ],
 )
 def test_config_errors(overrides, pattern):

@@ -24,7 +24,7 @@ mixture instead.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -41,6 +41,7 @@ __all__ = [
     "MixtureOfExperts",
     "MixtureOfProductsOfExperts",
     "MixtureOfBarycenters",
+    "PriorDividedProduct",
     "AGGREGATORS",
     "build_aggregator",
 ]
@@ -94,7 +95,7 @@ class ProductOfExperts(Aggregator):
 
     def combine(self, experts: GaussianExperts, mask: Tensor) -> Distribution:
         if not experts.is_diagonal:
-            raise UserError("the product of experts needs diagonal covariances; use --covariance diag")
+            raise UserError("the product of experts needs diagonal covariances; use covariance='diag'", parameter="covariance")
         loc, var = poe(experts.loc, experts.var, mask, prior_expert=self.prior_expert)
         return diagonal_normal(loc, var.sqrt())
 
@@ -113,6 +114,8 @@ class WassersteinBarycenter(Aggregator):
             reach float32 precision for rank-2-plus-diagonal experts (relative error
             1.9e-6 against 200 iterations; M=5, D=32), so 10 is the default.
     """
+
+    weights: Tensor | None  # a buffer, so that it follows the model's device
 
     def __init__(self, weights: Tensor | None = None, iters: int = 10) -> None:
         super().__init__()
@@ -199,8 +202,67 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
 }
 
 
-def build_aggregator(name: str, **kwargs) -> Aggregator:
+def build_aggregator(name: str, **kwargs: Any) -> Aggregator:
     """An aggregator by registry name (``poe``, ``moe``, ``mopoe``, ``wb``, ``mwb``)."""
     if name not in AGGREGATORS:
         raise unknown_name("aggregator", name, list(AGGREGATORS))
     return AGGREGATORS[name](**kwargs)
+
+
+class PriorDividedProduct(Aggregator):
+    r"""The subset posterior of JNF's Eq. 12 (Senellart et al.), used by JMVAE for subsets.
+
+    q(z | x_S) ∝ prod_{j in S} q(z | x_j) / p(z)^(|S|-1): the true posterior factorises
+    this way when the modalities are independent given z (Eq. 11-12), and the unimodal
+    encoders stand in for p(z | x_j). For Gaussian experts N(mu_j, diag sigma_j^2) and the
+    prior N(0, I) it is Gaussian in closed form, with per-dimension
+
+        precision = sum_{j in S} 1/sigma_j^2 - (|S| - 1),
+        mean = (sum_{j in S} mu_j / sigma_j^2) / precision.
+
+    For |S| = 1 it is the expert itself, and an expert equal to the prior leaves the
+    product unchanged. The precision is not positive when the experts are together broader
+    than the prior (e.g. |S| experts of variance above |S|/(|S|-1) in a dimension); the
+    product is then not normalisable, and the precision is clamped to ``min_precision``
+    (the variance to at most 1/min_precision) so that sampling and densities stay finite.
+    The clamp has zero gradient; it is reached only by such broad experts.
+
+    Unlike the product of experts with a prior expert (MVAE, ``poe``), which multiplies the
+    prior in once, this divides it out |S| - 1 times. The JNF paper samples this density
+    with HMC for flows (Sec. 3.3); with Gaussian experts, as in its JMVAE baseline
+    (App. E.2, "the PoE sampling solution"), no sampler is needed.
+
+    Args:
+        min_precision: Floor of the per-dimension precision.
+
+    Example:
+        >>> experts = GaussianExperts(torch.zeros(2, 1, 3), torch.full((2, 1, 3), 0.5))
+        >>> q = PriorDividedProduct()(experts, torch.ones(2, 1, dtype=torch.bool))
+        >>> q.full_component().variance.reciprocal().round().tolist()  # 4 + 4 - 1
+        [[7.0, 7.0, 7.0]]
+    """
+
+    def __init__(self, min_precision: float = 1e-2) -> None:
+        super().__init__()
+        if not min_precision > 0:
+            raise UserError(f"min_precision must be positive, got {min_precision}", parameter="min_precision")
+        self.min_precision = min_precision
+
+    def combine(self, experts: GaussianExperts, mask: Tensor) -> Distribution:
+        if not experts.is_diagonal:
+            raise UserError(
+                "the product over the prior needs diagonal covariances; use covariance='diag'",
+                parameter="covariance",
+            )
+        m = mask.unsqueeze(-1)
+        dtype, device = experts.loc.dtype, experts.loc.device
+        zero = torch.zeros((), dtype=dtype, device=device)
+        # Masked experts are replaced before 1/var, so they get exactly zero gradient.
+        var = torch.where(m, experts.var, torch.ones((), dtype=dtype, device=device))
+        precision = torch.where(m, var.reciprocal(), zero)
+        eta = (torch.where(m, experts.loc, zero) * precision).sum(0)
+        count = mask.sum(0).to(dtype).unsqueeze(-1)
+        # A row with no expert gets 0 - (0 - 1) = 1: the prior, N(0, I).
+        total = (precision.sum(0) - (count - 1)).clamp_min(self.min_precision)
+        out_var = total.reciprocal()
+        return diagonal_normal(eta * out_var, out_var.sqrt())

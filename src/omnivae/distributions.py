@@ -24,9 +24,9 @@ References:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -37,9 +37,12 @@ from omnivae.functional import kl_mvn, subset_matrix
 
 __all__ = [
     "GaussianExperts",
+    "ConcatenatedBlocks",
     "Combiner",
     "SubsetMixture",
     "SubsetMode",
+    "SampleShape",
+    "RowwiseChoice",
     "diagonal_normal",
     "kl_divergence",
 ]
@@ -88,11 +91,11 @@ class GaussianExperts:
             cov = cov + self.cov_factor @ self.cov_factor.transpose(-1, -2)
         return cov
 
-    def detach(self) -> "GaussianExperts":
+    def detach(self) -> GaussianExperts:
         factor = None if self.cov_factor is None else self.cov_factor.detach()
         return GaussianExperts(self.loc.detach(), self.scale.detach(), factor)
 
-    def expand_samples(self, sample_shape: torch.Size) -> "GaussianExperts":
+    def expand_samples(self, sample_shape: torch.Size) -> GaussianExperts:
         """Experts broadcast to ``[M, *sample_shape, *B, ...]`` without copying."""
         if len(sample_shape) == 0:
             return self
@@ -115,7 +118,10 @@ class GaussianExperts:
 Combiner = Callable[[GaussianExperts, Tensor], Distribution]
 """Maps experts ``[M, *B, D]`` and a mask ``[M, *B]`` to one distribution with batch ``*B``."""
 
-SubsetMode = Union[Literal["full", "all", "singletons"], Tensor]
+SubsetMode = Literal["full", "all", "singletons"] | Tensor
+
+SampleShape = torch.Size | list[int] | tuple[int, ...]
+"""What ``Distribution.sample`` and ``rsample`` accept as ``sample_shape``."""
 
 
 class SubsetMixture(Distribution):
@@ -252,13 +258,13 @@ class SubsetMixture(Distribution):
         return self.combine(experts, masks), log_weights
 
     # -- Distribution API --------------------------------------------------------------
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    def rsample(self, sample_shape: SampleShape = torch.Size()) -> Tensor:
         sample_shape = torch.Size(sample_shape)
         if isinstance(self.subsets, str) and self.subsets == "full":
             return self.full_component().rsample(sample_shape)
         return self.sample_component(sample_shape).rsample()
 
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+    def sample(self, sample_shape: SampleShape = torch.Size()) -> Tensor:
         with torch.no_grad():
             return self.rsample(sample_shape)
 
@@ -292,12 +298,86 @@ class SubsetMixture(Distribution):
         weights = log_weights.exp().unsqueeze(-1)
         return (weights * components.mean).sum(0)
 
-    def detach(self) -> "SubsetMixture":
+    def detach(self) -> SubsetMixture:
         """The same mixture with parameters cut from the graph (for DReG)."""
         return SubsetMixture(self.experts.detach(), self.mask, self.combine, self.subsets)
 
-    def expand(self, batch_shape, _instance=None):  # pragma: no cover - not needed
+    def expand(self, batch_shape: SampleShape, _instance: Distribution | None = None) -> Distribution:  # pragma: no cover
         raise NotImplementedError("SubsetMixture does not support expand")
+
+
+class ConcatenatedBlocks(Distribution):
+    """Independent blocks as one distribution over their concatenation: q(u) = prod_i q_i(u_i).
+
+    u = [u_1, ..., u_n], block i a distribution over a vector u_i of size D_i. MM-VAMP's
+    posterior over z = (z_1, ..., z_M), one block per modality (Sutter et al. 2024, Eq. 3
+    and App. B.2), and MMVAE+'s q(z | x_S) q(w_1..w_M | x_S) and p(z) p(w_1..w_M)
+    (Palumbo et al. 2023) are both this distribution. ``mean`` and samples concatenate
+    the blocks' means and samples (a block that is a mixture samples one component per
+    row); ``log_prob`` sums the blocks' log-densities.
+
+    Args:
+        blocks: Distributions with vector events ``[D_i]`` and batch shapes that broadcast
+            to a common ``[*B]``.
+
+    Shapes:
+        ``sample(sample_shape)``: ``[*sample_shape, *B, sum_i D_i]``; ``log_prob(u [..., *B,
+        sum_i D_i])``: ``[..., *B]``; ``mean``: ``[*B, sum_i D_i]``.
+
+    Example:
+        >>> q = ConcatenatedBlocks([diagonal_normal(torch.zeros(5, 2), torch.ones(5, 2)),
+        ...                         diagonal_normal(torch.zeros(5, 3), torch.ones(5, 3))])
+        >>> q.sample(torch.Size([4])).shape
+        torch.Size([4, 5, 5])
+        >>> q.split(q.mean)[1].shape
+        torch.Size([5, 3])
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, blocks: Sequence[Distribution]) -> None:
+        if not blocks:
+            raise ValueError("ConcatenatedBlocks needs at least one block")
+        self.blocks = tuple(blocks)
+        if any(len(b.event_shape) != 1 for b in self.blocks):
+            raise ValueError(f"blocks need vector events, got {[tuple(b.event_shape) for b in self.blocks]}")
+        self.sizes = [int(b.event_shape[0]) for b in self.blocks]
+        batch = torch.broadcast_shapes(*(b.batch_shape for b in self.blocks))
+        super().__init__(batch_shape=batch, event_shape=torch.Size([sum(self.sizes)]), validate_args=False)
+
+    def split(self, value: Tensor) -> list[Tensor]:
+        """The blocks of ``value [..., sum_i D_i]``, one tensor ``[..., D_i]`` each."""
+        return list(value.split(self.sizes, dim=-1))
+
+    def _joined(self, parts: Sequence[Tensor], lead: torch.Size) -> Tensor:
+        shape = lead + self.batch_shape
+        return torch.cat([part.expand(*shape, size) for part, size in zip(parts, self.sizes, strict=True)], dim=-1)
+
+    def rsample(self, sample_shape: SampleShape = torch.Size()) -> Tensor:
+        sample_shape = torch.Size(sample_shape)
+        return self._joined([b.rsample(sample_shape) for b in self.blocks], sample_shape)
+
+    def sample(self, sample_shape: SampleShape = torch.Size()) -> Tensor:
+        sample_shape = torch.Size(sample_shape)
+        with torch.no_grad():
+            return self._joined([b.sample(sample_shape) for b in self.blocks], sample_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        total = None
+        for block, part in zip(self.blocks, self.split(value), strict=True):
+            term = block.log_prob(part)
+            total = term if total is None else total + term
+        assert total is not None
+        return total
+
+    @property
+    def mean(self) -> Tensor:
+        return self._joined([b.mean for b in self.blocks], torch.Size())
+
+    def expand(self, batch_shape: SampleShape, _instance: Distribution | None = None) -> Distribution:  # pragma: no cover
+        raise NotImplementedError("ConcatenatedBlocks does not support expand")
 
 
 @register_kl(MultivariateNormal, Independent)
@@ -341,3 +421,44 @@ def kl_divergence(p: Distribution, q: Distribution) -> Tensor:
         elementwise = 0.5 * (ratio + shift - 1.0 - ratio.log())
         return elementwise.sum(tuple(range(-p.reinterpreted_batch_ndims, 0))) if p.reinterpreted_batch_ndims else elementwise
     return torch.distributions.kl_divergence(p, q)
+
+
+class RowwiseChoice(Distribution):
+    """Per batch element, one of two distributions: ``first`` where ``choose``, else ``second``.
+
+    A model with a joint encoder (:class:`~omnivae.methods.jmvae.JointEncoderVAE`) uses its joint posterior on
+    fully observed rows and a subset posterior elsewhere; the two may be of different
+    kinds (a Gaussian and a mixture). Both are sampled and scored in every row and
+    :func:`torch.where` keeps one, so the unused one gets zero gradient.
+
+    Args:
+        choose: ``BoolTensor[*B]``.
+        first: Distribution with batch ``[*B]`` (or broadcastable to it).
+        second: Distribution with batch ``[*B]`` and the same event shape.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+    has_rsample = True
+
+    def __init__(self, choose: Tensor, first: Distribution, second: Distribution) -> None:
+        self.choose = choose
+        self.first = first
+        self.second = second
+        super().__init__(batch_shape=choose.shape, event_shape=first.event_shape, validate_args=False)
+
+    def rsample(self, sample_shape: SampleShape = torch.Size()) -> Tensor:
+        sample_shape = torch.Size(sample_shape)
+        a, b = self.first.rsample(sample_shape), self.second.rsample(sample_shape)
+        return torch.where(self.choose.unsqueeze(-1), a, b)
+
+    def sample(self, sample_shape: SampleShape = torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        return torch.where(self.choose, self.first.log_prob(value), self.second.log_prob(value))
+
+    @property
+    def mean(self) -> Tensor:
+        return torch.where(self.choose.unsqueeze(-1), self.first.mean, self.second.mean)

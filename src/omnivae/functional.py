@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -95,7 +96,7 @@ def poe(
 
 
 def normalize_weights(
-    weights: Tensor | None, mask: Tensor | None, shape: torch.Size, dtype, device
+    weights: Tensor | None, mask: Tensor | None, shape: torch.Size, dtype: torch.dtype, device: torch.device
 ) -> Tensor:
     """Barycentric weights ``[M, *B]`` that sum to one over the observed experts.
 
@@ -167,14 +168,14 @@ class _PSDSqrt(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, matrix: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, matrix: Tensor) -> Tensor:
         eigenvalues, eigenvectors = torch.linalg.eigh(matrix)
         root = eigenvalues.clamp_min(0).sqrt()
         ctx.save_for_backward(eigenvectors, root)
         return (eigenvectors * root.unsqueeze(-2)) @ eigenvectors.transpose(-1, -2)
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
         eigenvectors, root = ctx.saved_tensors
         grad = 0.5 * (grad + grad.transpose(-1, -2))
         rotated = eigenvectors.transpose(-1, -2) @ grad @ eigenvectors

@@ -11,8 +11,9 @@ its aggregator, its prior and the log-likelihood of data under a latent sample.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -24,21 +25,26 @@ from omnivae.functional import log_mean_exp
 from omnivae.stages import Stage
 
 __all__ = [
+    "MultimodalModel",
     "ObjectiveOutput",
     "Objective",
     "ELBO",
     "MixtureELBO",
     "SubsampledELBO",
     "StratifiedIWAE",
-    "JMVAEKL",
     "MVTCAE",
     "random_subsets",
     "expert_kl",
+    "check_beta",
+    "importance_bound",
 ]
 
 
 class MultimodalModel(Protocol):
-    num_modalities: int
+    """What the generic objectives need of a model (every :class:`~omnivae.models.MultimodalVAE`)."""
+
+    @property
+    def num_modalities(self) -> int: ...
 
     def encode_experts(self, x: dict[str, Tensor], mask: Tensor) -> GaussianExperts: ...
 
@@ -51,12 +57,6 @@ class MultimodalModel(Protocol):
     ) -> Tensor: ...
 
 
-class JointEncoderModel(MultimodalModel, Protocol):
-    """A model with a joint encoder (:class:`omnivae.models.JointEncoderVAE`)."""
-
-    def training_posterior(self, x: dict[str, Tensor], mask: Tensor) -> tuple[Distribution, GaussianExperts]: ...
-
-
 @dataclass
 class ObjectiveOutput:
     """The loss and its named terms (per-batch means, as tensors)."""
@@ -66,11 +66,13 @@ class ObjectiveOutput:
 
 
 class Objective:
-    """Base class for objectives; subclasses implement ``__call__``."""
+    """Base class for objectives; subclasses implement ``__call__``.
 
-    def __call__(
-        self, model: MultimodalModel, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
-    ) -> ObjectiveOutput:
+    ``model`` is typed by each subclass: the generic objectives need a
+    :class:`MultimodalModel`, a method's own objective its own model class.
+    """
+
+    def __call__(self, model: Any, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0) -> ObjectiveOutput:
         raise NotImplementedError
 
     def stages(self, epochs: int) -> tuple[Stage, ...]:
@@ -82,9 +84,14 @@ class Objective:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
 
-def _check_beta(beta: float) -> None:
+def check_beta(beta: float) -> None:
+    """The one check of an objective's ``beta``, the weight of its KL (or rate) term.
+
+    Raises:
+        UserError: for a negative or NaN ``beta``.
+    """
     if not beta >= 0:
-        raise UserError(f"beta must be >= 0, got {beta}")
+        raise UserError(f"beta must be >= 0, got {beta}", parameter="beta")
 
 
 class ELBO(Objective):
@@ -100,10 +107,12 @@ class ELBO(Objective):
     """
 
     def __init__(self, beta: float = 1.0) -> None:
-        _check_beta(beta)
+        check_beta(beta)
         self.beta = beta
 
-    def __call__(self, model, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
+    def __call__(
+        self, model: MultimodalModel, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
+    ) -> ObjectiveOutput:
         experts = model.encode_experts(x, mask)
         posterior = model.aggregate(experts, mask)
         component = posterior.sample_component()
@@ -151,9 +160,9 @@ class SubsampledELBO(Objective):
     """
 
     def __init__(self, beta: float = 1.0, num_random_subsets: int = 0) -> None:
-        _check_beta(beta)
+        check_beta(beta)
         if num_random_subsets < 0:
-            raise UserError("num_random_subsets must be >= 0")
+            raise UserError(f"num_random_subsets must be >= 0, got {num_random_subsets}", parameter="num_random_subsets")
         self.beta = beta
         self.num_random_subsets = num_random_subsets
 
@@ -176,7 +185,9 @@ class SubsampledELBO(Objective):
             terms.append(random_subsets(mask, self.num_random_subsets, 2, num_modalities - 1))
         return torch.cat(terms, dim=1)
 
-    def __call__(self, model, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
+    def __call__(
+        self, model: MultimodalModel, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
+    ) -> ObjectiveOutput:
         experts = model.encode_experts(x, mask)
         masks = self.term_masks(mask)  # [M, T, B]
         num_terms = masks.shape[1]
@@ -211,14 +222,18 @@ class StratifiedIWAE(Objective):
     """
 
     def __init__(self, num_samples: int = 1, dreg: bool = False, beta: float = 1.0) -> None:
-        _check_beta(beta)
+        check_beta(beta)
         if num_samples < 1:
-            raise UserError(f"the number of importance samples K must be >= 1, got {num_samples}")
+            raise UserError(
+                f"the number of importance samples K must be >= 1, got {num_samples}", parameter="num_samples"
+            )
         self.num_samples = num_samples
         self.dreg = dreg
         self.beta = beta
 
-    def __call__(self, model, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
+    def __call__(
+        self, model: MultimodalModel, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
+    ) -> ObjectiveOutput:
         experts = model.encode_experts(x, mask)
         posterior = model.aggregate(experts, mask)
         z, log_weights = posterior.stratified_rsample(self.num_samples)  # [C, K, B, D], [C, B]
@@ -229,21 +244,49 @@ class StratifiedIWAE(Objective):
         rec = model.log_likelihood(x, z.reshape(num_components * k, batch, dim), mask)
         rec = rec.reshape(num_components, k, batch)
         log_w = rec + self.beta * kl_weight * (log_p - log_q)
-        valid = torch.isfinite(log_weights)  # [C, B]
-        zero = torch.zeros((), dtype=log_w.dtype, device=log_w.device)
-        log_w = torch.where(valid.unsqueeze(1), log_w, zero)
-        per_component = log_mean_exp(log_w, dim=1)
-        if self.dreg:
-            normalised = torch.softmax(log_w, dim=1).detach()
-            if z.requires_grad:
-                z.register_hook(lambda grad: grad * normalised.unsqueeze(-1))
-            surrogate = (normalised * log_w).sum(1)
-            # The value stays the bound (comparable with plain IWAE); only the gradient is DReG's.
-            per_component = per_component.detach() + (surrogate - surrogate.detach())
-        count = valid.sum(0).clamp_min(1)
-        bound = torch.where(valid, per_component, zero).sum(0) / count
+        bound = importance_bound(log_w, torch.isfinite(log_weights), self.dreg, (z,))
         terms = {"rec": -rec.mean(), "kl": (log_q - log_p).mean()}
         return ObjectiveOutput(-bound.mean(), terms)
+
+
+def importance_bound(log_w: Tensor, valid: Tensor, dreg: bool = False, paths: Sequence[Tensor] = ()) -> Tensor:
+    """The stratified importance-weighted bound of each row, optionally with DReG gradients.
+
+    bound_b = (1 / |C_b|) sum_{c in C_b} log (1/K) sum_k exp(log_w[c, k, b]), C_b the valid
+    components of row b (Shi et al. 2019, Eq. 4). With ``dreg`` the value is unchanged
+    and the gradient is the doubly reparameterised one (Tucker et al. 2019, Eq. 5-6): the
+    caller evaluates q's density with detached parameters, the surrogate weights each
+    log_w by w~_ck = softmax_k(log_w), and each reparameterised sample in ``paths`` gets its
+    gradient scaled once more by w~_ck, so that the encoder's path carries w~_ck^2.
+    :class:`StratifiedIWAE` and MMVAE+'s objective (whose paths are z and the w_m) share it.
+
+    Args:
+        log_w: Log importance weights ``[C, K, B]``.
+        valid: ``[C, B]``; invalid components count neither in the bound nor in gradients.
+        dreg: Use the DReG estimator.
+        paths: The reparameterised samples behind ``log_w``, shaped ``[..., C, K, B, E]``.
+
+    Returns:
+        ``[B]``.
+
+    Example:
+        >>> log_w = torch.zeros(2, 3, 4)
+        >>> importance_bound(log_w, torch.ones(2, 4, dtype=torch.bool)).shape
+        torch.Size([4])
+    """
+    zero = torch.zeros((), dtype=log_w.dtype, device=log_w.device)
+    log_w = torch.where(valid.unsqueeze(1), log_w, zero)
+    per_component = log_mean_exp(log_w, dim=1)  # [C, B]
+    if dreg:
+        normalised = torch.softmax(log_w, dim=1).detach()  # [C, K, B]
+        for path in paths:
+            if path.requires_grad:
+                path.register_hook(lambda grad: grad * normalised.unsqueeze(-1))
+        surrogate = (normalised * log_w).sum(1)
+        # The value stays the bound (comparable with plain IWAE); only the gradient is DReG's.
+        per_component = per_component.detach() + (surrogate - surrogate.detach())
+    count = valid.sum(0).clamp_min(1)
+    return torch.where(valid, per_component, zero).sum(0) / count
 
 
 def expert_kl(posterior: Distribution, experts: GaussianExperts, mask: Tensor) -> Tensor:
@@ -263,45 +306,6 @@ def expert_kl(posterior: Distribution, experts: GaussianExperts, mask: Tensor) -
         kl = kl_divergence(posterior, experts.select(index))
         total = total + torch.where(mask[index], kl, zero)
     return total
-
-
-class JMVAEKL(Objective):
-    """The JMVAE-kl objective (Suzuki et al. 2016; JNF paper, Eq. 3 plus alpha times Eq. 7).
-
-    L = sum_m w_m log p(x_m | z) - a [beta KL(q(z | X) || p(z))
-        + alpha sum_m KL(q(z | X) || q(z | x_m))],   z ~ q(z | X),
-
-    with q(z | X) the joint encoder and a the trainer's KL warm-up factor (``kl_weight``),
-    as written in the peer protocols (Sec. 3, "JMVAE-KL"). The second KL pulls each unimodal
-    encoder towards the joint one, covering its support (JNF paper, Sec. 3.2). A row that
-    misses a modality cannot use the joint encoder: its q(z | X) is the model's subset
-    posterior of the observed modalities (JNF paper, Eq. 12), and only observed
-    modalities are reconstructed and enter the sum over m.
-
-    The ``jmvae`` recipe warms a up linearly over 10 epochs, MultiVae's default (peer
-    protocols, Sec. 3); the JNF paper warms up over 100 epochs of its long runs (App. E),
-    so pass ``--warmup-epochs`` to match it.
-
-    Args:
-        beta: Weight of KL(q(z | X) || p(z)).
-        alpha: Weight of the unimodal KL terms (0.1 in Suzuki et al. 2016 and the JNF paper).
-    """
-
-    def __init__(self, beta: float = 1.0, alpha: float = 0.1) -> None:
-        _check_beta(beta)
-        if not alpha >= 0:
-            raise UserError(f"alpha must be >= 0, got {alpha}")
-        self.beta = beta
-        self.alpha = alpha
-
-    def __call__(self, model: JointEncoderModel, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
-        posterior, experts = model.training_posterior(x, mask)
-        z = posterior.rsample()
-        rec = model.log_likelihood(x, z, mask)
-        kl = kl_divergence(posterior, model.prior())
-        kl_unimodal = expert_kl(posterior, experts, mask)
-        loss = -(rec - kl_weight * (self.beta * kl + self.alpha * kl_unimodal)).mean()
-        return ObjectiveOutput(loss, {"rec": -rec.mean(), "kl": kl.mean(), "kl_unimodal": kl_unimodal.mean()})
 
 
 class MVTCAE(Objective):
@@ -336,13 +340,15 @@ class MVTCAE(Objective):
     """
 
     def __init__(self, beta: float = 1.0, tc_ratio: float = 5 / 6) -> None:
-        _check_beta(beta)
+        check_beta(beta)
         if not 0 <= tc_ratio <= 1:
-            raise UserError(f"tc_ratio (MVTCAE's alpha) must lie in [0, 1], got {tc_ratio}")
+            raise UserError(f"tc_ratio (MVTCAE's alpha) must lie in [0, 1], got {tc_ratio}", parameter="tc_ratio")
         self.beta = beta
         self.tc_ratio = tc_ratio
 
-    def __call__(self, model, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
+    def __call__(
+        self, model: MultimodalModel, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
+    ) -> ObjectiveOutput:
         experts = model.encode_experts(x, mask)
         posterior = model.aggregate(experts, mask).sample_component()
         z = posterior.rsample()

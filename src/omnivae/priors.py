@@ -17,6 +17,8 @@ class StandardNormalPrior(nn.Module):
     def __init__(self, latent_dim: int) -> None:
         super().__init__()
         self.latent_dim = latent_dim
+        self.loc: torch.Tensor
+        self.scale: torch.Tensor
         self.register_buffer("loc", torch.zeros(latent_dim))
         self.register_buffer("scale", torch.ones(latent_dim))
 

@@ -1,27 +1,23 @@
-"""Batched Hamiltonian Monte Carlo for the subset posteriors of JNF (Senellart et al.).
+"""Batched Hamiltonian Monte Carlo: independent chains in one batch.
 
-JNF approximates the posterior of an observed subset ``S`` of modalities by the product of
-its unimodal posteriors divided by the prior (Eq. 12),
-
-    p(z | x_S)  ∝  prod_{j in S} q_j(z | x_j) / p(z)^(|S|-1),
-
-a density known only up to a constant, and samples it with HMC (Sec. 3.3, Appendix F).
-Here every leading index of the state ``z [*C, D]`` is an independent chain (in use one
-chain per (sample, row): ``C = (K, B)``); loops run over HMC steps only, never over chains,
-and no value is copied to the host before the last step.
+Every leading index of the state ``z [*C, D]`` is an independent chain (in use one chain
+per (sample, row): ``C = (K, B)``); loops run over HMC steps only, never over chains, and
+no value is copied to the host before the last step. JNF samples its subset posteriors
+(Eq. 12) with it; their target and the chains' start live in
+:mod:`omnivae.methods.jnf.posterior`.
 
 References:
     Senellart, Chadebec & Allassonnière. Bridging the inference gap in Multimodal
-    Variational Autoencoders. Sec. 3.3 (Eq. 11-12) and Appendix F (Eq. F.1-F.3).
+    Variational Autoencoders. Appendix F (Eq. F.1-F.2).
     Neal (2011). MCMC using Hamiltonian dynamics. Handbook of MCMC, ch. 5.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -34,12 +30,9 @@ __all__ = [
     "hmc",
     "leapfrog",
     "log_prob_and_grad",
-    "product_of_posteriors_log_prob",
-    "mixture_initialisation",
 ]
 
 LogProb = Callable[[Tensor], Tensor]
-PriorPower = Literal["paper", "once"]
 
 
 @dataclass
@@ -197,8 +190,8 @@ def hmc(
 
     Args:
         log_prob: ``z [*C, D] -> [*C]``, the unnormalised log target ``log f``, e.g. from
-            :func:`product_of_posteriors_log_prob` (Eq. 12 / F.3).
-        initial: ``[*C, D]``, the chains' starting points (e.g. :func:`mixture_initialisation`).
+            :func:`~omnivae.methods.jnf.posterior.product_of_posteriors_log_prob` (Eq. 12 / F.3).
+        initial: ``[*C, D]``, the chains' starting points (e.g. :func:`~omnivae.methods.jnf.posterior.mixture_initialisation`).
         num_steps: sampling steps (Appendix F: "100 steps per sampling").
         leapfrog_steps: leapfrog steps ``l`` per proposal.
         step_size: ``ε``, a scalar or a tensor broadcastable to ``[*C, 1]``.
@@ -276,113 +269,3 @@ def hmc(
         step_size=eps,
         trace=trace,
     )
-
-
-def _align_mask(mask: Tensor, chain_ndim: int) -> Tensor:
-    """A ``[M, *B]`` mask viewed as ``[M, 1, ..., 1, *B]`` with ``1 + chain_ndim`` axes.
-
-    The missing axes are the leading chain axes (the sample axis ``K`` of ``C = (K, B)``),
-    so a per-row mask broadcasts over samples; plain right alignment would wrongly align
-    the member axis ``M`` with ``K``.
-    """
-    extra = chain_ndim - (mask.dim() - 1)
-    if extra < 0:
-        raise UserError(
-            f"subset_mask of shape {tuple(mask.shape)} has more axes than [M, *C] "
-            f"with {chain_ndim} chain axes"
-        )
-    return mask.reshape(mask.shape[0], *([1] * extra), *mask.shape[1:])
-
-
-def product_of_posteriors_log_prob(
-    log_q: LogProb | Sequence[LogProb],
-    prior_log_prob: LogProb,
-    subset_mask: Tensor | None = None,
-    *,
-    prior_power: PriorPower = "paper",
-) -> LogProb:
-    """The unnormalised log density of a subset posterior as a product of experts (Eq. 12).
-
-    For each chain, with ``n = sum_j mask_j`` observed members,
-
-        log f(z) = sum_j mask_j log q_j(z | x_j) - c(n) log p(z)
-
-    where ``c(n) = n - 1`` for ``prior_power="paper"`` (Eq. 12: the prior to the power
-    ``|S| - 1``), and ``c(n) = 1`` for ``prior_power="once"`` (Appendix F, Eq. F.3, and the
-    reference code: the prior divided once whatever ``|S|``; note that for ``|S| = 1`` this
-    is ``q_j / p``, not ``q_j``). A row with no observed member gets ``c = -1`` under both,
-    so that its target is the prior. Masked members are removed with :func:`torch.where`, so
-    their ``log q_j`` (which must still be computable) adds neither value nor gradient.
-
-    Args:
-        log_q: ``z [*C, D] -> [M, *C]``, every member's ``log q_j(z | x_j)``; or a sequence
-            of ``M`` callables ``z [*C, D] -> [*C]``, one per member.
-        prior_log_prob: ``z [*C, D] -> [*C]``, ``log p(z)``.
-        subset_mask: ``[M, *C]`` bool, True = member in ``S``; a ``[M, *B]`` mask with fewer
-            chain axes broadcasts over the leading chain axes (e.g. ``[M, B]`` over the
-            sample axis of ``C = (K, B)``). ``None``: every member observed.
-        prior_power: ``"paper"`` (default) or ``"once"``, as above.
-
-    Returns:
-        ``log_prob: z [*C, D] -> [*C]``, for :func:`hmc`.
-    """
-    if prior_power not in ("paper", "once"):
-        raise UserError(f"unknown prior_power {prior_power!r}; choose one of: once, paper")
-    if not callable(log_q):
-        members = list(log_q)
-
-        def log_q(z: Tensor) -> Tensor:
-            return torch.stack([member(z) for member in members])
-
-    def log_prob(z: Tensor) -> Tensor:
-        terms = log_q(z)
-        if subset_mask is None:
-            observed = torch.ones((), dtype=torch.bool, device=terms.device)
-            count = torch.full((), terms.shape[0], dtype=terms.dtype, device=terms.device)
-        else:
-            observed = _align_mask(subset_mask.to(torch.bool), z.dim() - 1)
-            count = observed.to(terms.dtype).sum(0)
-        zero = torch.zeros((), dtype=terms.dtype, device=terms.device)
-        total = torch.where(observed, terms, zero).sum(0)
-        if prior_power == "paper":
-            power = count - 1
-        else:
-            power = torch.where(count > 0, 1.0, -1.0).to(terms.dtype)
-        return total - power * prior_log_prob(z)
-
-    return log_prob
-
-
-def mixture_initialisation(
-    samples_per_member: Tensor,
-    subset_mask: Tensor,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Start each chain from a sample of the mixture of the observed unimodal posteriors.
-
-    The paper leaves the start ``z_0`` of Algorithm 1 (Appendix F) open; the JNF reference
-    code starts the chains for ``p(z | x_S)`` (Eq. 12) from the mixture
-    ``(1/|S|) sum_{j in S} q_j(z | x_j)``, which covers every expert's mode. Given one sample
-    per member and chain, this picks, per chain, one observed member uniformly at random
-    and returns its sample.
-
-    Args:
-        samples_per_member: ``[M, *C, D]``, ``z_j ~ q_j(z | x_j)`` for every member and chain.
-        subset_mask: ``[M, *C]`` bool, or ``[M, *B]`` broadcast over leading chain axes as in
-            :func:`product_of_posteriors_log_prob`. Every chain needs one observed member.
-        generator: the random source (on the samples' device); ``None``: global.
-
-    Returns:
-        ``[*C, D]``.
-    """
-    chain_shape = samples_per_member.shape[1:-1]
-    mask = _align_mask(subset_mask.to(torch.bool), len(chain_shape))
-    mask = mask.expand(samples_per_member.shape[0], *chain_shape)
-    if not bool(mask.any(0).all()):
-        raise UserError("mixture_initialisation: every chain needs at least one observed member")
-    # The argmax of i.i.d. uniform keys over the observed members is a uniform choice among them.
-    keys = torch.rand(mask.shape, generator=generator, device=mask.device)
-    keys = torch.where(mask, keys, -1.0)
-    index = keys.argmax(0, keepdim=True).unsqueeze(-1)
-    index = index.expand(1, *chain_shape, samples_per_member.shape[-1])
-    return samples_per_member.gather(0, index).squeeze(0)

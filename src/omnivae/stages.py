@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from torch import nn
 
@@ -41,5 +42,6 @@ class Stage:
     name: str
     objective: Callable
     epochs: int
-    parameters: Callable[[nn.Module], Iterator[nn.Parameter]] = all_parameters
+    # Any: a method's parameter groups take its own model class.
+    parameters: Callable[[Any], Iterator[nn.Parameter]] = all_parameters
     warmup: bool = True

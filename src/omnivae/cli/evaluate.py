@@ -31,6 +31,8 @@ def add_evaluate(sub: argparse._SubParsersAction[Parser]) -> None:
     )
     p.add_argument("run", help="run directory written by 'omnivae train'")
     p.add_argument("--metrics", help="comma-separated: coherence,probe,likelihood,fd,recon,clustering (default all)")
+    p.add_argument("--track", help="also log the metrics to these trackers (tensorboard, mlflow, wandb), "
+                   "into the tracking runs of training when it had them")
     add_eval_options(p)
     p.set_defaults(handler=cmd_evaluate)
 
@@ -127,6 +129,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from omnivae.train import check_run_dir
 
     check_run_dir(Path(args.run))
+    from omnivae.train.tracking import check_installed, parse_track
+
+    check_installed(parse_track(args.track))
     if not os.access(args.run, os.W_OK | os.X_OK):
         raise UserError(
             f"{args.run} is read-only here, and evaluate writes eval.json, report.md and figures/ into the run; "
@@ -138,6 +143,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if err.errno not in WRITE_ERRNOS:
             raise
         raise write_failure(err, err.filename or f"the evaluation of {args.run}") from None
+    if args.track:
+        from omnivae.train.tracking import log_evaluation
+
+        log_evaluation(args.run, results, args.track)
     for metric, value in summarise_run(results).items():
         print(f"  {metric:28} {value:.4g}")
     subsets = results.get("likelihood", {}).get("subsets") or {}

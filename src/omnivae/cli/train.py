@@ -62,6 +62,8 @@ def add_train(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--allow-data-change", action="store_true", default=None,
                    help="with --resume: continue even though the training data differ from the run's")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--track", help="log to experiment trackers, comma-separated: tensorboard, mlflow, wandb "
+                   "(offline, under RUN/tracking/; needs pip install \"omnivae[tracking]\")")
     p.set_defaults(handler=cmd_train)
 
 
@@ -75,6 +77,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     flags = {k: v for k, v in vars(args).items() if k not in ("config", "handler", "command")}
     options = merge_options(args.config, flags)
+    from omnivae.train.tracking import make_trackers
+
+    trackers = make_trackers(options.pop("track", None))  # a missing package stops here, before any work
     resume = options.pop("resume", None)
     overwrite = bool(options.pop("overwrite", False))
     allow_data_change = bool(options.pop("allow_data_change", False))
@@ -100,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         flush=True,
     )
     trainer = train(model_config, train_config, data, plan.dataset_name, plan.run_dir, resume=resume is not None,
-                    data_dir=plan.data_dir, overwrite=overwrite, allow_data_change=allow_data_change)
+                    data_dir=plan.data_dir, overwrite=overwrite, allow_data_change=allow_data_change, callbacks=trackers)
     _print_summary(trainer, plan.run_dir)
     return 0
 

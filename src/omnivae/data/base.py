@@ -20,14 +20,12 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from torch import Tensor
 
 from omnivae.errors import DataError
-
-ModalityKind = Literal["image", "vector", "binary", "categorical"]
+from omnivae.modalities import ModalityKind, ModalitySpec  # noqa: F401  (re-exported: the contract lives there)
 
 #: A modality name: letters, digits, ``_`` and ``-``, starting with a letter or digit, at
 #: most 64 characters. Names become file names (``<modality>.csv``) and array keys, so
@@ -64,27 +62,6 @@ def check_modality_names(names: Iterable[object], source: str) -> None:
                 "rename one (names become file names)"
             )
         seen[folded] = name
-
-
-@dataclass(frozen=True)
-class ModalitySpec:
-    """What one modality is: its name, per-sample shape and kind.
-
-    Kinds: ``image`` (values in [0, 1], stored as uint8), ``vector`` (real values),
-    ``binary`` (values in {0, 1}) and ``categorical`` (one-hot along the last axis).
-    The kind picks the default backbone and likelihood.
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    kind: ModalityKind = "vector"
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "shape": list(self.shape), "kind": self.kind}
-
-    @classmethod
-    def from_json(cls, obj: dict) -> ModalitySpec:
-        return cls(name=obj["name"], shape=tuple(obj["shape"]), kind=obj["kind"])
 
 
 @dataclass

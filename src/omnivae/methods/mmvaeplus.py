@@ -25,8 +25,8 @@ every generic metric works unchanged:
   (z, w_m) of u (:meth:`MMVAEPlus.decoder_input`);
 - ``prior()`` is p(z) p(w_1) ... p(w_M): N(0, I) (or the ``--prior`` of z) times N(0, I_{MW});
 - the posterior given a subset S (``encode``, ``subset_posteriors``, batch ``[S, B]``)
-  is :class:`ConcatenatedLatent`. Its z block is the aggregator's inference posterior of
-  the experts q(z | x_j), j in S. For the recipe's ``moe`` this is their uniform
+  is :class:`~omnivae.distributions.ConcatenatedBlocks` ``[z block, w blocks]``. Its z
+  block is the aggregator's inference posterior of the experts q(z | x_j), j in S. For the recipe's ``moe`` this is their uniform
   mixture. Each w_m block is q(w_m | x_m) if m is in S, else the prior p(w_m). A cross
   generation to m outside S then decodes z from the source and w_m from the prior. This
   is MMVAE+'s test-time cross generation (peer protocols, "Coherence", MMVAE+).
@@ -88,83 +88,40 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, constraints
+from torch.distributions import Distribution
 
 from omnivae.aggregators import Aggregator
-from omnivae.data.base import ModalitySpec
-from omnivae.distributions import GaussianExperts, SubsetMixture, diagonal_normal
-from omnivae.errors import DataError, UserError
-from omnivae.functional import log_mean_exp
-from omnivae.models import ModelConfig, ModelParts, MultimodalVAE, Recipe
+from omnivae.distributions import (
+    ConcatenatedBlocks,
+    GaussianExperts,
+    SubsetMixture,
+    diagonal_normal,
+)
+from omnivae.errors import UserError
+from omnivae.modalities import ModalitySpec
+from omnivae.models.base import MultimodalVAE
+from omnivae.models.options import MethodOptions, option
+from omnivae.models.recipe import ModelParts, Recipe
 from omnivae.nn import build_decoder, build_encoder, soft_clamp
-from omnivae.objectives import Objective, ObjectiveOutput
+from omnivae.objectives import ObjectiveOutput, StratifiedIWAE, importance_bound
+
+if TYPE_CHECKING:
+    from omnivae.models.config import ModelConfig
 
 __all__ = [
-    "ConcatenatedLatent",
     "SplitExperts",
     "MMVAEPlus",
     "PlusSamples",
     "MMVAEPlusObjective",
+    "MMVAEPlusOptions",
     "RECIPES",
 ]
 
 _LOG_2PI = math.log(2 * math.pi)
-
-
-class ConcatenatedLatent(Distribution):
-    """Two independent blocks as one distribution over u = [a, b].
-
-    q(u) = q_a(a) q_b(b). MMVAE+ uses it for q(z | x_S) q(w_1..w_M | x_S) and for
-    p(z) p(w_1..w_M).
-
-    Args:
-        shared: Distribution over the first block: batch ``[*B]``, event ``[D]``.
-        specific: Distribution over the second block: batch ``[*B]``, event ``[E]``.
-
-    Shapes: ``sample(shape)`` is ``[*shape, *B, D + E]``, ``log_prob(u [..., *B, D + E])``
-    is ``[..., *B]`` and ``mean`` is ``[*B, D + E]``.
-
-    Example:
-        >>> q = ConcatenatedLatent(diagonal_normal(torch.zeros(2), torch.ones(2)),
-        ...                        diagonal_normal(torch.zeros(3), torch.ones(3)))
-        >>> q.sample(torch.Size([4])).shape
-        torch.Size([4, 5])
-    """
-
-    arg_constraints: dict = {}
-    support = constraints.real_vector
-    has_rsample = True
-
-    def __init__(self, shared: Distribution, specific: Distribution) -> None:
-        if shared.batch_shape != specific.batch_shape:
-            raise ValueError(f"block batch shapes differ: {shared.batch_shape} and {specific.batch_shape}")
-        self.shared = shared
-        self.specific = specific
-        self.split = int(shared.event_shape[-1])
-        width = self.split + int(specific.event_shape[-1])
-        super().__init__(batch_shape=shared.batch_shape, event_shape=torch.Size([width]), validate_args=False)
-
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        sample_shape = torch.Size(sample_shape)
-        return torch.cat([self.shared.rsample(sample_shape), self.specific.rsample(sample_shape)], -1)
-
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        with torch.no_grad():
-            sample_shape = torch.Size(sample_shape)
-            return torch.cat([self.shared.sample(sample_shape), self.specific.sample(sample_shape)], -1)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        return self.shared.log_prob(value[..., : self.split]) + self.specific.log_prob(value[..., self.split :])
-
-    @property
-    def mean(self) -> Tensor:
-        return torch.cat([self.shared.mean, self.specific.mean], -1)
-
-    def expand(self, batch_shape, _instance=None):  # pragma: no cover - not needed
-        raise NotImplementedError("ConcatenatedLatent does not support expand")
 
 
 @dataclass
@@ -181,7 +138,7 @@ class SplitExperts:
     loc: Tensor
     scale: Tensor
 
-    def detach(self) -> "SplitExperts":
+    def detach(self) -> SplitExperts:
         return SplitExperts(self.shared.detach(), self.loc.detach(), self.scale.detach())
 
 
@@ -208,6 +165,9 @@ class MMVAEPlus(MultimodalVAE):
     [-7, 5].
     """
 
+    w_prior_loc: Tensor
+    w_prior_scale: Tensor
+
     def __init__(
         self,
         modalities: Sequence[ModalitySpec],
@@ -220,8 +180,8 @@ class MMVAEPlus(MultimodalVAE):
     ) -> None:
         super().__init__(modalities, encoders, decoders, aggregator, prior, likelihood_weights, 0)
         if w_dim < 1:
-            raise UserError(f"w_dim (MMVAE+'s modality-specific latent size) must be >= 1, got {w_dim}")
-        self.shared_dim = int(prior.latent_dim)
+            raise UserError(f"w_dim (MMVAE+'s modality-specific latent size) must be >= 1, got {w_dim}", parameter="w_dim")
+        self.shared_dim = int(cast(int, prior.latent_dim))
         self.w_dim = int(w_dim)
         count = len(self.names)
         self.aux_log_scale = nn.Parameter(torch.zeros(count, self.w_dim))
@@ -258,19 +218,7 @@ class MMVAEPlus(MultimodalVAE):
 
         Modalities absent from ``x`` get placeholder experts N(0, I); callers mask them out.
         """
-        batch = self.batch_size(x)
-        width = self.shared_dim + self.w_dim
-        dtype = self.likelihood_weights.dtype
-        locs, scales = [], []
-        for name in self.names:
-            if name in x:
-                loc, scale, _ = self.encoders[name](x[name])
-            else:
-                loc = torch.zeros(batch, width, dtype=dtype, device=self.device)
-                scale = torch.ones_like(loc)
-            locs.append(loc)
-            scales.append(scale)
-        loc, scale = torch.stack(locs), torch.stack(scales)
+        loc, scale = self.run_encoders(x, self.shared_dim + self.w_dim, self.gaussian_encoding)
         d = self.shared_dim
         return SplitExperts(GaussianExperts(loc[..., :d], scale[..., :d]), loc[..., d:], scale[..., d:])
 
@@ -285,55 +233,30 @@ class MMVAEPlus(MultimodalVAE):
         scale = torch.where(keep, scale, torch.ones((), dtype=scale.dtype, device=scale.device))
         return diagonal_normal(loc.movedim(0, -2).flatten(-2), scale.movedim(0, -2).flatten(-2))
 
-    def joint_posterior(self, x: dict[str, Tensor], mask: dict[str, Tensor] | Tensor | None = None) -> Distribution:
-        """The importance-sampling proposal over u, batch ``[B]``.
+    def posterior(self, x: dict[str, Tensor], members: Tensor, *, proposal: bool = False) -> Distribution:
+        """Posteriors over u of ``members [M, *S, B]`` from one encoder pass: batch ``[*S, B]``, event ``[L]``.
 
-        The aggregator's training posterior of z (the MoE of the observed experts for
-        ``moe``, the denominator of MMVAE+'s weight) times q(w_m | x_m) for the observed
-        m and p(w_m) for the others.
+        The z block is the aggregator's inference posterior of the members' experts (its
+        training posterior for the ``proposal``: for ``moe`` the MoE of the observed
+        experts, the denominator of MMVAE+'s weight); block w_m is q(w_m | x_m) for a
+        member m and the prior N(0, I) otherwise.
         """
-        mask_tensor = self.stack_mask(x, mask)
         blocks = self.encode_blocks(x)
-        shared = self.aggregate(blocks.shared, mask_tensor)
-        return ConcatenatedLatent(shared, self._specific_block(blocks.loc, blocks.scale, mask_tensor))
-
-    def encode(self, x: dict[str, Tensor], mask: dict[str, Tensor] | Tensor | None = None) -> Distribution:
-        """The posterior over u given the observed modalities, batch ``[B]``, event ``[L]``."""
-        mask_tensor = self.stack_mask(x, mask)
-        if not bool(mask_tensor.any(0).all()):
-            raise DataError("every row needs at least one observed modality to encode")
-        blocks = self.encode_blocks(x)
-        shared = self.aggregator.infer(blocks.shared, mask_tensor)
-        return ConcatenatedLatent(shared, self._specific_block(blocks.loc, blocks.scale, mask_tensor))
-
-    def subset_posteriors(
-        self, x: dict[str, Tensor], subsets: Tensor, mask: dict[str, Tensor] | Tensor | None = None
-    ) -> Distribution:
-        """Posteriors over u of many subsets from one encoder pass.
-
-        Args:
-            x: ``name -> [B, *shape]``.
-            subsets: ``BoolTensor[S, M]``.
-            mask: What is observed in ``x`` (default: everything present); each subset is
-                intersected with it.
-
-        Returns:
-            :class:`ConcatenatedLatent` with batch ``[S, B]`` and event ``[L]``. The z block
-            is the aggregator's posterior of subset s; block w_m is q(w_m | x_m) for m in
-            s and the prior N(0, I) otherwise.
-        """
-        observed = self.stack_mask(x, mask)
-        blocks = self.encode_blocks(x)
-        masks = self.subset_masks(subsets, observed)  # [M, S, B]
-        count = subsets.shape[0]
-        shared = self.aggregator.infer(blocks.shared.expand_samples(torch.Size([count])), masks)
-        loc = blocks.loc.unsqueeze(1).expand(-1, count, -1, -1)
-        scale = blocks.scale.unsqueeze(1).expand(-1, count, -1, -1)
-        return ConcatenatedLatent(shared, self._specific_block(loc, scale, masks))
+        shared_experts = self.expand_experts(blocks.shared, members)
+        shared: Distribution
+        if proposal:
+            shared = self.aggregate(shared_experts, members)
+        else:
+            shared = self.require_aggregator().infer(shared_experts, members)
+        lead = members.shape[1:-1]
+        view = (blocks.loc.shape[0], *([1] * len(lead)), *blocks.loc.shape[1:])
+        loc = blocks.loc.reshape(view).expand(-1, *lead, -1, -1)
+        scale = blocks.scale.reshape(view).expand(-1, *lead, -1, -1)
+        return ConcatenatedBlocks([shared, self._specific_block(loc, scale, members)])
 
     def prior(self) -> Distribution:
         """p(u) = p(z) prod_m N(w_m; 0, I), event ``[L]``."""
-        return ConcatenatedLatent(self.prior_module(), diagonal_normal(self.w_prior_loc, self.w_prior_scale))
+        return ConcatenatedBlocks([self.prior_module(), diagonal_normal(self.w_prior_loc, self.w_prior_scale)])
 
 @dataclass
 class PlusSamples:
@@ -350,7 +273,7 @@ class PlusSamples:
     w_auxiliary: Tensor
 
 
-class MMVAEPlusObjective(Objective):
+class MMVAEPlusObjective(StratifiedIWAE):
     """MMVAE+'s stratified importance-weighted bound (peer protocols, Sec. 3, "MMVAE+").
 
     For every component r of q(z | X) (each observed modality for ``moe``):
@@ -371,16 +294,11 @@ class MMVAEPlusObjective(Objective):
         dreg: Use the DReG gradient estimator (Tucker et al. 2019).
         beta: The beta in front of the bracket (1 is the bound itself; 2.5 for MMVAE+ on
             PolyMNIST).
-    """
 
-    def __init__(self, num_samples: int = 1, dreg: bool = False, beta: float = 1.0) -> None:
-        if not beta >= 0:
-            raise UserError(f"beta must be >= 0, got {beta}")
-        if num_samples < 1:
-            raise UserError(f"the number of importance samples K must be >= 1, got {num_samples}")
-        self.num_samples = num_samples
-        self.dreg = dreg
-        self.beta = beta
+    The arguments, their checks and the bound with its DReG gradient
+    (:func:`~omnivae.objectives.importance_bound`, paths z and w_m) are
+    :class:`~omnivae.objectives.StratifiedIWAE`'s; only the weights differ.
+    """
 
     def draw(self, model: MMVAEPlus, blocks: SplitExperts, posterior: SubsetMixture) -> PlusSamples:
         """K reparameterised draws of z per component, of every w_m and of every auxiliary w~_m."""
@@ -439,19 +357,7 @@ class MMVAEPlusObjective(Objective):
         specific = torch.where(selves, log_ratio_w, zero).sum(0)  # [C, K, B]
         regulariser = log_pz - log_qz + specific
         log_w = rec + self.beta * kl_weight * regulariser
-        log_w = torch.where(valid.unsqueeze(1), log_w, zero)
-        per_component = log_mean_exp(log_w, dim=1)  # [C, B]
-        if self.dreg:
-            normalised = torch.softmax(log_w, dim=1).detach()  # [C, K, B]
-            if z.requires_grad:
-                z.register_hook(lambda grad: grad * normalised.unsqueeze(-1))
-            if samples.w_posterior.requires_grad:
-                samples.w_posterior.register_hook(lambda grad: grad * normalised[None, ..., None])
-            surrogate = (normalised * log_w).sum(1)
-            # The value stays the bound; only the gradient is DReG's.
-            per_component = per_component.detach() + (surrogate - surrogate.detach())
-        count = valid.sum(0).clamp_min(1)
-        bound = torch.where(valid, per_component, zero).sum(0) / count
+        bound = importance_bound(log_w, valid, self.dreg, (z, samples.w_posterior))
         weight = valid.unsqueeze(1).expand(components, k, batch)
         total = weight.sum().clamp_min(1)
         terms = {
@@ -460,20 +366,30 @@ class MMVAEPlusObjective(Objective):
         }
         return ObjectiveOutput(-bound.mean(), terms)
 
-    def __call__(self, model: MMVAEPlus, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
+    def __call__(  # type: ignore[override]
+        self, model: MMVAEPlus, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
+    ) -> ObjectiveOutput:
         blocks = model.encode_blocks(x)
         posterior = model.aggregate(blocks.shared, mask)
         samples = self.draw(model, blocks, posterior)
         return self.evaluate(model, x, mask, blocks, posterior, samples, kl_weight)
 
 
+@dataclass(frozen=True)
+class MMVAEPlusOptions(MethodOptions):
+    """MMVAE+'s setting."""
+
+    w_dim: int = option(32, "W, the size of each modality-specific latent w_m")
+
+    def check(self) -> None:
+        if self.w_dim < 1:
+            raise UserError(f"w_dim (MMVAE+'s modality-specific latent size) must be >= 1, got {self.w_dim}", parameter="w_dim")
+
+
 def _build_mmvaeplus(config: ModelConfig, modalities: Sequence[ModalitySpec], parts: ModelParts) -> MMVAEPlus:
     """MMVAE+'s networks: encoders with D + W outputs, decoders reading (z, w_m) (Palumbo et al. 2023)."""
-    if config.covariance != "diag":
-        raise UserError("mmvae+ splits each encoder's diagonal Gaussian into z and w; use --covariance diag")
-    w_dim = config.option("w_dim")
-    if w_dim < 1:
-        raise UserError(f"w_dim (MMVAE+'s modality-specific latent size) must be >= 1, got {w_dim}")
+    parts.require("covariance", "diag", "encoders give one diagonal Gaussian, split into z and w")
+    w_dim = config.settings_as(MMVAEPlusOptions).w_dim
     width = config.latent_dim + w_dim
     encoders = nn.ModuleDict(
         {m.name: build_encoder(m, width, backbone=config.backbone, hidden=config.hidden) for m in modalities}
@@ -486,7 +402,7 @@ def _build_mmvaeplus(config: ModelConfig, modalities: Sequence[ModalitySpec], pa
             for m in modalities
         }
     )
-    return MMVAEPlus(modalities, encoders, decoders, parts.aggregator, parts.prior, w_dim, parts.likelihood_weights)
+    return MMVAEPlus(modalities, encoders, decoders, parts.aggregator(), parts.prior(), w_dim, parts.likelihood_weights)
 
 
 RECIPES: tuple[Recipe, ...] = (
@@ -497,6 +413,6 @@ RECIPES: tuple[Recipe, ...] = (
         "moe",
         lambda c: MMVAEPlusObjective(num_samples=c.num_samples, dreg=c.dreg, beta=c.beta),
         build=_build_mmvaeplus,
-        options={"w_dim": 32},
+        options_type=MMVAEPlusOptions,
     ),
 )

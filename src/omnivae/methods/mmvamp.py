@@ -20,8 +20,8 @@ metric works unchanged (:class:`BlockLatentVAE`):
 - decoder m reads block m of z (``decode``, ``decode_mean``, ``modality_log_likelihood``);
 - ``prior()`` is N(0, I_L);
 - the posterior given a subset S (``subset_posteriors``, ``encode``) is block-wise
-  independent (:class:`BlockPosterior`): block m is q(z_m | x_m) when m is in S, and
-  otherwise the model's aggregator over the observed experts, by default their uniform
+  independent (:class:`~omnivae.distributions.ConcatenatedBlocks`): block m is
+  q(z_m | x_m) when m is in S, and otherwise the model's aggregator over the observed experts, by default their uniform
   mixture (1/|S|) sum_{j in S} q(z_j | x_j). Generating a missing modality m thus decodes
   the latent of an observed modality with m's decoder, the conditional generation of the
   paper (Sec. 5, "Evaluation"; App. B.2.3, "For the independent VAEs and the MM-VAMP-VAE,
@@ -42,22 +42,36 @@ References:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, cast
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution, constraints
+from torch.distributions import Distribution, Independent
 
 from omnivae.aggregators import Aggregator
-from omnivae.data.base import ModalitySpec
-from omnivae.distributions import GaussianExperts, SubsetMixture, diagonal_normal, kl_divergence
-from omnivae.errors import DataError, UserError
+from omnivae.distributions import (
+    ConcatenatedBlocks,
+    GaussianExperts,
+    RowwiseChoice,
+    SubsetMixture,
+    diagonal_normal,
+    kl_divergence,
+)
+from omnivae.errors import UserError
 from omnivae.functional import kl_normal_standard
-from omnivae.models import ModelConfig, ModelParts, MultimodalVAE, Recipe, RowwiseChoice
-from omnivae.objectives import ELBO, Objective, ObjectiveOutput
+from omnivae.modalities import ModalitySpec
+from omnivae.models.base import MultimodalVAE
+from omnivae.models.options import MethodOptions, option
+from omnivae.models.recipe import ModelParts, Recipe
+from omnivae.objectives import ELBO, Objective, ObjectiveOutput, check_beta
+
+if TYPE_CHECKING:
+    from omnivae.models.config import ModelConfig
 
 __all__ = [
-    "BlockPosterior",
     "BlockLatentVAE",
+    "MMVAMPOptions",
     "IndependentELBO",
     "MMVAMPELBO",
     "KL_ESTIMATORS",
@@ -68,77 +82,6 @@ __all__ = [
 ]
 
 KL_ESTIMATORS = ("pairwise", "mc")
-
-
-class BlockPosterior(Distribution):
-    """Independent blocks concatenated into one latent vector: q(z) = prod_m q_m(z_m).
-
-    The posterior of :class:`BlockLatentVAE` over z = (z_1, ..., z_M): block m is a
-    distribution over the D latent dimensions of modality m (MM-VAMP paper, Eq. 3 and
-    App. B.2: each modality has its own latent). ``mean`` and samples concatenate the
-    blocks' means and samples; ``log_prob`` sums the blocks' log-densities.
-
-    Args:
-        blocks: M distributions, each with batch shape ``[*B]`` (all the same) and event
-            shape ``[D]``. A block that is a mixture samples one component per row.
-
-    Shapes:
-        ``sample(sample_shape)``: ``[*sample_shape, *B, M * D]``; ``log_prob(z [..., *B,
-        M * D])``: ``[..., *B]``; ``mean``: ``[*B, M * D]``.
-
-    Example:
-        >>> q = BlockPosterior([diagonal_normal(torch.zeros(5, 2), torch.ones(5, 2))] * 3)
-        >>> q.sample(torch.Size([4])).shape
-        torch.Size([4, 5, 6])
-    """
-
-    arg_constraints: dict = {}
-    support = constraints.real_vector
-    has_rsample = True
-
-    def __init__(self, blocks: Sequence[Distribution]) -> None:
-        if not blocks:
-            raise ValueError("a BlockPosterior needs at least one block")
-        self.blocks = tuple(blocks)
-        sizes = {b.event_shape for b in self.blocks}
-        if len(sizes) != 1 or len(next(iter(sizes))) != 1:
-            raise ValueError(f"blocks need one common vector event shape, got {sorted(sizes)}")
-        self.block_size = int(self.blocks[0].event_shape[0])
-        batch = torch.broadcast_shapes(*(b.batch_shape for b in self.blocks))
-        super().__init__(
-            batch_shape=batch,
-            event_shape=torch.Size([self.block_size * len(self.blocks)]),
-            validate_args=False,
-        )
-
-    def split(self, value: Tensor) -> list[Tensor]:
-        """The blocks of ``value [..., M * D]`` as M tensors ``[..., D]``."""
-        return list(value.split(self.block_size, dim=-1))
-
-    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        sample_shape = torch.Size(sample_shape)
-        parts = [b.rsample(sample_shape) for b in self.blocks]
-        shape = sample_shape + self.batch_shape + torch.Size([self.block_size])
-        return torch.cat([p.expand(shape) for p in parts], dim=-1)
-
-    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
-        with torch.no_grad():
-            return self.rsample(sample_shape)
-
-    def log_prob(self, value: Tensor) -> Tensor:
-        total = None
-        for block, part in zip(self.blocks, self.split(value)):
-            term = block.log_prob(part)
-            total = term if total is None else total + term
-        return total
-
-    @property
-    def mean(self) -> Tensor:
-        shape = self.batch_shape + torch.Size([self.block_size])
-        return torch.cat([b.mean.expand(shape) for b in self.blocks], dim=-1)
-
-    def expand(self, batch_shape, _instance=None):  # pragma: no cover - not needed
-        raise NotImplementedError("BlockPosterior does not support expand")
 
 
 def masked_experts(experts: GaussianExperts, mask: Tensor) -> GaussianExperts:
@@ -153,7 +96,7 @@ def masked_experts(experts: GaussianExperts, mask: Tensor) -> GaussianExperts:
         mask: ``[M, *B]``, True = observed.
     """
     if not experts.is_diagonal:
-        raise UserError("MM-VAMP's blocks are diagonal Gaussians; use --covariance diag")
+        raise UserError("MM-VAMP's blocks are diagonal Gaussians; use covariance='diag'", parameter="covariance")
     keep = mask.unsqueeze(-1)
     loc = torch.where(keep, experts.loc, torch.zeros((), dtype=experts.loc.dtype, device=experts.loc.device))
     scale = torch.where(keep, experts.scale, torch.ones((), dtype=experts.scale.dtype, device=experts.scale.device))
@@ -197,7 +140,7 @@ def mixture_kl_bound(posterior: Distribution, prior: SubsetMixture) -> Tensor:
         ``[M, *B]``.
     """
     components, log_weights = prior.all_components()  # batch [C, *B], [C, *B]
-    base = posterior.base_dist
+    base = cast(Independent, posterior).base_dist
     spread = diagonal_normal(base.loc.unsqueeze(1), base.scale.unsqueeze(1))  # [M, 1, *B]
     kl = kl_divergence(spread, components)  # [M, C, *B]
     valid = torch.isfinite(log_weights)
@@ -213,7 +156,8 @@ class BlockLatentVAE(MultimodalVAE):
     "Encoder and Decoder": q(z_m | x_m) and p(x_m | z_m) per modality). The latent is the
     concatenation z = (z_1, ..., z_M) of size L = M * D; decoder m reads block m.
 
-    Posteriors (all :class:`BlockPosterior`, batch ``[*B]``, event ``[L]``):
+    Posteriors (all :class:`~omnivae.distributions.ConcatenatedBlocks`, batch ``[*B]``, event ``[L]``,
+    from :meth:`posterior`):
 
     - ``subset_posteriors(x, subsets)`` and ``encode(x, mask)``: block m is q(z_m | x_m)
       where m is in the subset (and observed), otherwise the aggregator's inference
@@ -244,6 +188,8 @@ class BlockLatentVAE(MultimodalVAE):
             checkpointed and a resumed run continues the prior annealing where it was).
     """
 
+    annealing_step: Tensor
+
     def __init__(
         self,
         modalities: Sequence[ModalitySpec],
@@ -271,7 +217,7 @@ class BlockLatentVAE(MultimodalVAE):
         """``[M, *B, D]`` to ``[*B, M * D]`` (block m first in line m)."""
         return blocks.movedim(0, -2).reshape(*blocks.shape[1:-1], self.latent_size)
 
-    def block_posterior(self, experts: GaussianExperts, mask: Tensor) -> BlockPosterior:
+    def block_posterior(self, experts: GaussianExperts, mask: Tensor) -> ConcatenatedBlocks:
         """Own posterior for observed blocks, the aggregator's posterior of the observed ones elsewhere.
 
         Args:
@@ -279,9 +225,9 @@ class BlockLatentVAE(MultimodalVAE):
             mask: ``[M, *B]``; every row needs one True.
         """
         clean = masked_experts(experts, mask)
-        filler = self.aggregator.infer(clean, mask)  # batch [*B]
+        filler = self.require_aggregator().infer(clean, mask)  # batch [*B]
         blocks = [RowwiseChoice(mask[m], clean.select(m), filler) for m in range(self.num_modalities)]
-        return BlockPosterior(blocks)
+        return ConcatenatedBlocks(blocks)
 
     # -- the single-latent API -------------------------------------------------------------
     def prior(self) -> Distribution:
@@ -290,36 +236,21 @@ class BlockLatentVAE(MultimodalVAE):
         loc, scale = base.base_dist.loc, base.base_dist.scale
         return diagonal_normal(loc.repeat(self.num_modalities), scale.repeat(self.num_modalities))
 
-    def encode(self, x: dict[str, Tensor], mask: dict[str, Tensor] | Tensor | None = None) -> Distribution:
-        """The posterior given the observed modalities (the subset posterior of the observed set)."""
-        mask_tensor = self.stack_mask(x, mask)
-        if not bool(mask_tensor.any(0).all()):
-            raise DataError("every row needs at least one observed modality to encode")
-        return self.block_posterior(self.encode_experts(x, mask_tensor), mask_tensor)
+    def posterior(self, x: dict[str, Tensor], members: Tensor, *, proposal: bool = False) -> ConcatenatedBlocks:
+        """Block posteriors of ``members [M, *S, B]`` from one encoder pass: batch ``[*S, B]``, event ``[L]``.
 
-    def joint_posterior(self, x: dict[str, Tensor], mask: dict[str, Tensor] | Tensor | None = None) -> Distribution:
-        """Importance-sampling proposal: q(z_m | x_m) on observed blocks, N(0, I) on the others."""
-        mask_tensor = self.stack_mask(x, mask)
-        clean = masked_experts(self.encode_experts(x, mask_tensor), mask_tensor)
+        Block m is q(z_m | x_m) where m is a member; elsewhere the aggregator's inference
+        posterior of the members' experts, or, for the ``proposal``, the prior N(0, I)
+        (exact for a block the model leaves at its prior).
+        """
+        experts = self.expand_experts(self.encode_experts(x, self.observed_rows(members)), members)
+        if not proposal:
+            return self.block_posterior(experts, members)
+        clean = masked_experts(experts, members)
         zeros = torch.zeros_like(clean.loc[0])
         standard = diagonal_normal(zeros, torch.ones_like(zeros))
-        blocks = [RowwiseChoice(mask_tensor[m], clean.select(m), standard) for m in range(self.num_modalities)]
-        return BlockPosterior(blocks)
-
-    def subset_posteriors(
-        self, x: dict[str, Tensor], subsets: Tensor, mask: dict[str, Tensor] | Tensor | None = None
-    ) -> Distribution:
-        """Block posteriors of many subsets from one encoder pass: batch ``[S, B]``, event ``[L]``.
-
-        Args:
-            x: ``name -> [B, *shape]``.
-            subsets: ``BoolTensor[S, M]``; each is intersected with ``mask``.
-            mask: What is observed in ``x`` (default: everything present).
-        """
-        observed = self.stack_mask(x, mask)
-        experts = self.encode_experts(x, observed)
-        masks = self.subset_masks(subsets, observed)  # [M, S, B]
-        return self.block_posterior(experts.expand_samples(torch.Size([subsets.shape[0]])), masks)
+        blocks = [RowwiseChoice(members[m], clean.select(m), standard) for m in range(self.num_modalities)]
+        return ConcatenatedBlocks(blocks)
 
     def decoder_input(self, name: str, z: Tensor) -> Tensor:
         """Decoder m reads block m of ``z [..., L]``: z_m ``[..., D]``."""
@@ -339,8 +270,7 @@ class IndependentELBO(Objective):
     """
 
     def __init__(self, beta: float = 1.0) -> None:
-        if not beta >= 0:
-            raise UserError(f"beta must be >= 0, got {beta}")
+        check_beta(beta)
         self.beta = beta
 
     def sample_blocks(
@@ -360,7 +290,9 @@ class IndependentELBO(Objective):
         """Per-block rate ``[M, B]`` (before masking) and extra terms to report."""
         return kl_normal_standard(experts.loc, experts.var), {}
 
-    def __call__(self, model: BlockLatentVAE, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
+    def __call__(
+        self, model: BlockLatentVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
+    ) -> ObjectiveOutput:
         experts, posterior, z, rec = self.sample_blocks(model, x, mask)
         per_block, terms = self.rate(model, experts, posterior, z, mask)
         rate = torch.where(mask, per_block, torch.zeros((), dtype=per_block.dtype, device=per_block.device)).sum(0)
@@ -416,9 +348,13 @@ class MMVAMPELBO(IndependentELBO):
     def __init__(self, beta: float = 1.0, kl_estimator: str = "pairwise", prior_annealing_steps: int = 0) -> None:
         super().__init__(beta)
         if kl_estimator not in KL_ESTIMATORS:
-            raise UserError(f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, got {kl_estimator!r}")
+            raise UserError(
+                f"kl_estimator must be one of {', '.join(KL_ESTIMATORS)}, got {kl_estimator!r}", parameter="kl_estimator"
+            )
         if prior_annealing_steps < 0:
-            raise UserError(f"prior_annealing_steps must be >= 0, got {prior_annealing_steps}")
+            raise UserError(
+                f"prior_annealing_steps must be >= 0, got {prior_annealing_steps}", parameter="prior_annealing_steps"
+            )
         self.kl_estimator = kl_estimator
         self.prior_annealing_steps = int(prior_annealing_steps)
 
@@ -432,7 +368,9 @@ class MMVAMPELBO(IndependentELBO):
             step.add_(1)
         return weight
 
-    def rate(self, model, experts, posterior, z, mask) -> tuple[Tensor, dict[str, Tensor]]:
+    def rate(
+        self, model: BlockLatentVAE, experts: GaussianExperts, posterior: Distribution, z: Tensor, mask: Tensor
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         mixture = model.aggregate(experts, mask)  # h(z | X), batch [B]
         if self.kl_estimator == "mc":
             kl_mixture = mixture_kl_mc(posterior, mixture, z)
@@ -448,17 +386,34 @@ class MMVAMPELBO(IndependentELBO):
         return (1 - weight) * kl_standard + weight * kl_mixture, terms
 
 
+@dataclass(frozen=True)
+class MMVAMPOptions(MethodOptions):
+    """The MM-VAMP objective's settings (:class:`MMVAMPELBO`)."""
+
+    kl_estimator: Literal["pairwise", "mc"] = option(
+        "pairwise", "estimate of KL(q_m || h): the closed-form pairwise bound (reference code) or one-sample MC"
+    )
+    prior_annealing_steps: int = option(0, "training steps of the linear ramp from N(0, I) to h (0: none)")
+
+    def check(self) -> None:
+        if self.prior_annealing_steps < 0:
+            raise UserError(
+                f"prior_annealing_steps must be >= 0, got {self.prior_annealing_steps}", parameter="prior_annealing_steps"
+            )
+
+
 def _build_block_vae(config: ModelConfig, modalities: Sequence[ModalitySpec], parts: ModelParts) -> BlockLatentVAE:
     """The model of ``mmvamp`` and ``independent``: the shared per-modality networks, one block each."""
-    if config.covariance != "diag":
-        raise UserError(f"{config.model}'s latent blocks are diagonal Gaussians; use --covariance diag")
-    if config.prior != "normal":
-        raise UserError(
-            f"{config.model}'s per-block prior is N(0, I) (independent VAEs, and MM-VAMP's annealing start); "
-            "use --prior normal"
-        )
-    return BlockLatentVAE(
-        modalities, parts.encoders, parts.decoders, parts.aggregator, parts.prior, parts.likelihood_weights
+    parts.require("covariance", "diag", "latent blocks are diagonal Gaussians")
+    parts.require("prior", "normal", "per-block prior is N(0, I) (independent VAEs, and MM-VAMP's annealing start)")
+    encoders, decoders, aggregator, prior = parts.encoders(), parts.decoders(), parts.aggregator(), parts.prior()
+    return BlockLatentVAE(modalities, encoders, decoders, aggregator, prior, parts.likelihood_weights)
+
+
+def _mmvamp_objective(config: ModelConfig) -> MMVAMPELBO:
+    settings = config.settings_as(MMVAMPOptions)
+    return MMVAMPELBO(
+        beta=config.beta, kl_estimator=settings.kl_estimator, prior_annealing_steps=settings.prior_annealing_steps
     )
 
 
@@ -468,13 +423,9 @@ RECIPES: tuple[Recipe, ...] = (
         "MM-VAMP VAE (per-modality latents, mixture-of-posteriors prior)",
         "Sutter et al., preprint 2024 (MM-VAMP VAE); Eq. 1-4",
         "moe",
-        lambda c: MMVAMPELBO(
-            beta=c.beta,
-            kl_estimator=c.option("kl_estimator"),
-            prior_annealing_steps=c.option("prior_annealing_steps"),
-        ),
+        _mmvamp_objective,
         build=_build_block_vae,
-        options={"kl_estimator": "pairwise", "prior_annealing_steps": 0},
+        options_type=MMVAMPOptions,
     ),
     Recipe(
         "independent",

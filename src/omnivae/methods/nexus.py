@@ -61,21 +61,26 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Independent
 
-from omnivae.aggregators import Aggregator
-from omnivae.data.base import ModalitySpec
-from omnivae.distributions import diagonal_normal
-from omnivae.errors import DataError, UserError
+from omnivae.distributions import GaussianExperts, diagonal_normal
+from omnivae.errors import UserError
 from omnivae.functional import kl_normal_standard
-from omnivae.models import ModelConfig, ModelParts, MultimodalVAE, Recipe
+from omnivae.modalities import ModalitySpec
+from omnivae.models.base import MultimodalVAE
+from omnivae.models.options import MethodOptions, option
+from omnivae.models.recipe import ModelParts, Recipe
 from omnivae.nn import MLP, GaussianEncoder, build_decoder, build_encoder
-from omnivae.objectives import Objective, ObjectiveOutput
+from omnivae.objectives import Objective, ObjectiveOutput, check_beta
 
-__all__ = ["perceptual_dropout", "Nexus", "NexusNoise", "NexusObjective", "RECIPES"]
+if TYPE_CHECKING:
+    from omnivae.models.config import ModelConfig
+
+__all__ = ["perceptual_dropout", "Nexus", "NexusNoise", "NexusObjective", "NexusOptions", "RECIPES"]
 
 _LOG_2PI = math.log(2 * math.pi)
 
@@ -94,7 +99,7 @@ def perceptual_dropout(mask: Tensor, rate: float, generator: torch.Generator | N
         modalities are kept as they are, so no row loses its last modality.
     """
     if not 0 <= rate <= 1:
-        raise UserError(f"the perceptual dropout rate must lie in [0, 1], got {rate}")
+        raise UserError(f"the perceptual dropout rate must lie in [0, 1], got {rate}", parameter="rate")
     count, batch = mask.shape
     device = mask.device
     observed = mask.sum(0)  # [B]
@@ -145,8 +150,8 @@ class Nexus(MultimodalVAE):
         bottom_dim: int,
         likelihood_weights: dict[str, float] | None = None,
     ) -> None:
-        # Messages are averaged, not Gaussian experts: the aggregator slot holds an inert base class.
-        super().__init__(modalities, encoders, decoders, Aggregator(), prior, likelihood_weights, 0)
+        # Messages are averaged, not Gaussian experts: no aggregator.
+        super().__init__(modalities, encoders, decoders, None, prior, likelihood_weights, 0)
         self.message_encoders = message_encoders
         self.top_encoder = top_encoder
         self.top_decoders = top_decoders
@@ -158,24 +163,13 @@ class Nexus(MultimodalVAE):
 
         Modalities absent from ``x`` get N(0, I) placeholders; callers mask them out.
         """
-        batch = self.batch_size(x)
-        dtype = self.likelihood_weights.dtype
-        locs, scales = [], []
-        for name in self.names:
-            if name in x:
-                loc, scale, _ = self.encoders[name](x[name])
-            else:
-                loc = torch.zeros(batch, self.bottom_dim, dtype=dtype, device=self.device)
-                scale = torch.ones_like(loc)
-            locs.append(loc)
-            scales.append(scale)
-        return torch.stack(locs), torch.stack(scales)
+        return self.run_encoders(x, self.bottom_dim, self.gaussian_encoding)
 
     def messages(self, bottom: Tensor) -> Tensor:
         """The message of every modality from its bottom latent ``[M, B, bottom_dim]``: ``[M, B, msg_dim]``."""
         return torch.stack([self.message_encoders[name](bottom[i]) for i, name in enumerate(self.names)])
 
-    def top_posterior(self, messages: Tensor, kept: Tensor) -> Distribution:
+    def top_posterior(self, messages: Tensor, kept: Tensor) -> Independent:
         """q(z_sigma | mean of the kept messages): diagonal Gaussian with batch ``[*B]``.
 
         Args:
@@ -199,41 +193,17 @@ class Nexus(MultimodalVAE):
         loc, _ = self.bottom_posteriors(x)
         return self.messages(loc)
 
-    def encode_experts(self, x: dict[str, Tensor], mask: Tensor):
+    def encode_experts(self, x: dict[str, Tensor], mask: Tensor) -> GaussianExperts:
         """Not defined: Nexus averages messages, it has no Gaussian experts of a shared latent."""
         raise UserError("nexus has no Gaussian experts of a shared latent; use encode or subset_posteriors")
 
-    def joint_posterior(self, x: dict[str, Tensor], mask: dict[str, Tensor] | Tensor | None = None) -> Distribution:
-        """q(z_sigma | mean of the observed messages), batch ``[B]`` (the importance-sampling proposal)."""
-        mask_tensor = self.stack_mask(x, mask)
-        return self.top_posterior(self._observed_messages(x), mask_tensor)
-
-    def encode(self, x: dict[str, Tensor], mask: dict[str, Tensor] | Tensor | None = None) -> Distribution:
-        """q(z_sigma | mean of the observed messages), batch ``[B]``, event ``[D]``."""
-        mask_tensor = self.stack_mask(x, mask)
-        if not bool(mask_tensor.any(0).all()):
-            raise DataError("every row needs at least one observed modality to encode")
-        return self.top_posterior(self._observed_messages(x), mask_tensor)
-
-    def subset_posteriors(
-        self, x: dict[str, Tensor], subsets: Tensor, mask: dict[str, Tensor] | Tensor | None = None
-    ) -> Distribution:
-        """q(z_sigma | mean of the messages of each subset), from one bottom encoder pass.
-
-        Args:
-            x: ``name -> [B, *shape]``.
-            subsets: ``BoolTensor[S, M]``.
-            mask: What is observed in ``x`` (default: everything present); each subset is
-                intersected with it.
-
-        Returns:
-            A diagonal Gaussian with batch ``[S, B]`` and event ``[D]``.
-        """
-        observed = self.stack_mask(x, mask)
-        masks = self.subset_masks(subsets, observed)  # [M, S, B]
+    def posterior(self, x: dict[str, Tensor], members: Tensor, *, proposal: bool = False) -> Distribution:
+        """q(z_sigma | mean of the members' messages) from one bottom encoder pass: a diagonal
+        Gaussian with batch ``members.shape[1:]`` and event ``[D]`` (the same for the ``proposal``)."""
         messages = self._observed_messages(x)  # [M, B, msg]
-        expanded = messages.unsqueeze(1).expand(-1, subsets.shape[0], -1, -1)
-        return self.top_posterior(expanded, masks)
+        lead = members.shape[1:-1]
+        view = (messages.shape[0], *([1] * len(lead)), *messages.shape[1:])
+        return self.top_posterior(messages.reshape(view).expand(-1, *lead, -1, -1), members)
 
     # -- generation ----------------------------------------------------------------------
     def decoder_input(self, name: str, z: Tensor) -> Tensor:
@@ -276,12 +246,11 @@ class NexusObjective(Objective):
     """
 
     def __init__(self, beta: float = 1.0, gamma: float = 1.0, dropout: float = 0.2) -> None:
-        if not beta >= 0:
-            raise UserError(f"beta must be >= 0, got {beta}")
+        check_beta(beta)
         if not gamma >= 0:
-            raise UserError(f"gamma (Nexus's top-level weight) must be >= 0, got {gamma}")
+            raise UserError(f"gamma (Nexus's top-level weight) must be >= 0, got {gamma}", parameter="gamma")
         if not 0 <= dropout <= 1:
-            raise UserError(f"dropout (Nexus's perceptual dropout rate) must lie in [0, 1], got {dropout}")
+            raise UserError(f"dropout (Nexus's perceptual dropout rate) must lie in [0, 1], got {dropout}", parameter="dropout")
         self.beta = beta
         self.gamma = gamma
         self.dropout = dropout
@@ -339,29 +308,45 @@ class NexusObjective(Objective):
         terms = {"rec": -rec.mean(), "kl": kl.mean(), "top_rec": -prediction.mean(), "top_kl": kl_top.mean()}
         return bottom, top, terms
 
-    def __call__(self, model: Nexus, x, mask, kl_weight: float = 1.0) -> ObjectiveOutput:
+    def __call__(
+        self, model: Nexus, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0
+    ) -> ObjectiveOutput:
         bottom, top, terms = self.levels(model, x, mask, kl_weight)
         return ObjectiveOutput(-(bottom + top).mean(), terms)
+
+
+@dataclass(frozen=True)
+class NexusOptions(MethodOptions):
+    """Nexus's settings (Vasco et al. 2022; peer protocols Sec. 3)."""
+
+    bottom_dim: int = option(32, "size of each modality's bottom latent z_m")
+    msg_dim: int = option(512, "size of each modality's message")
+    dropout: float = option(0.2, "perceptual dropout rate, in [0, 1]")
+    gamma: float = option(1.0, "weight of the top level's prediction terms, >= 0")
+
+    def check(self) -> None:
+        if self.bottom_dim < 1 or self.msg_dim < 1:
+            bad = "bottom_dim" if self.bottom_dim < 1 else "msg_dim"
+            raise UserError(f"bottom_dim and msg_dim must be >= 1, got {self.bottom_dim} and {self.msg_dim}", parameter=bad)
+        if not 0 <= self.dropout <= 1:
+            raise UserError(
+                f"dropout (Nexus's perceptual dropout rate) must lie in [0, 1], got {self.dropout}", parameter="dropout"
+            )
+        if not self.gamma >= 0:
+            raise UserError(f"gamma (Nexus's top-level weight) must be >= 0, got {self.gamma}", parameter="gamma")
 
 
 def _build_nexus(config: ModelConfig, modalities: Sequence[ModalitySpec], parts: ModelParts) -> Nexus:
     """Nexus's networks from the options ``bottom_dim`` and ``msg_dim`` (Vasco et al. 2022)."""
     if config.aggregator is not None:
         raise UserError(
-            "nexus averages deterministic messages, not Gaussian experts; --aggregator does not apply to it"
+            "nexus averages deterministic messages, not Gaussian experts; an aggregator does not apply to it",
+            parameter="aggregator",
         )
-    if config.covariance != "diag":
-        raise UserError("nexus uses diagonal Gaussian posteriors; use --covariance diag")
-    if config.prior != "normal":
-        raise UserError("nexus's KL terms are to N(0, I); use --prior normal")
-    bottom_dim, msg_dim = config.option("bottom_dim"), config.option("msg_dim")
-    if bottom_dim < 1 or msg_dim < 1:
-        raise UserError(f"bottom_dim and msg_dim must be >= 1, got {bottom_dim} and {msg_dim}")
-    dropout = config.option("dropout")
-    if not 0 <= dropout <= 1:
-        raise UserError(f"dropout (Nexus's perceptual dropout rate) must lie in [0, 1], got {dropout}")
-    if not config.option("gamma") >= 0:
-        raise UserError(f"gamma (Nexus's top-level weight) must be >= 0, got {config.option('gamma')}")
+    parts.require("covariance", "diag", "posteriors are diagonal Gaussians")
+    parts.require("prior", "normal", "KL terms are to N(0, I)")
+    settings = config.settings_as(NexusOptions)
+    bottom_dim, msg_dim = settings.bottom_dim, settings.msg_dim
     hidden = [int(h) for h in config.hidden]
     encoders = nn.ModuleDict(
         {m.name: build_encoder(m, bottom_dim, backbone=config.backbone, hidden=hidden) for m in modalities}
@@ -378,9 +363,14 @@ def _build_nexus(config: ModelConfig, modalities: Sequence[ModalitySpec], parts:
         {m.name: MLP(config.latent_dim, tuple(reversed(hidden)), bottom_dim) for m in modalities}
     )
     return Nexus(
-        modalities, encoders, decoders, message_encoders, top_encoder, top_decoders, parts.prior, bottom_dim,
+        modalities, encoders, decoders, message_encoders, top_encoder, top_decoders, parts.prior(), bottom_dim,
         parts.likelihood_weights,
     )
+
+
+def _objective(config: ModelConfig) -> NexusObjective:
+    settings = config.settings_as(NexusOptions)
+    return NexusObjective(beta=config.beta, gamma=settings.gamma, dropout=settings.dropout)
 
 
 RECIPES: tuple[Recipe, ...] = (
@@ -389,12 +379,10 @@ RECIPES: tuple[Recipe, ...] = (
         "Nexus (per-modality VAEs + top latent from averaged messages)",
         "Vasco et al., Neural Networks 2022; peer protocols Sec. 3",
         "message-mean",
-        lambda c: NexusObjective(beta=c.beta, gamma=c.option("gamma"), dropout=c.option("dropout")),
+        _objective,
         warmup_epochs=10.0,
-        # A placeholder the model discards: the name above is no registered aggregator.
-        aggregator_factory=Aggregator,
         build=_build_nexus,
-        options={"bottom_dim": 32, "msg_dim": 512, "dropout": 0.2, "gamma": 1.0},
+        options_type=NexusOptions,
         swappable=False,
     ),
 )

@@ -1,7 +1,8 @@
 """Networks: backbones, the Gaussian encoder head and likelihood heads returning distributions.
 
 Example:
-    >>> from omnivae.data.base import ModalitySpec
+    >>> import torch
+    >>> from omnivae.modalities import ModalitySpec
     >>> from omnivae.nn import build_decoder, build_encoder
     >>> spec = ModalitySpec("m0", (3, 28, 28), "image")
     >>> encoder, decoder = build_encoder(spec, 20), build_decoder(spec, 20)

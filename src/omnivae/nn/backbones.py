@@ -36,6 +36,7 @@ class MLP(nn.Sequential):
             as an encoder body feeding a linear head wants.
 
     Example:
+        >>> import torch
         >>> net = MLP(784, (512, 512), 20)
         >>> net(torch.randn(8, 1, 28, 28)).shape
         torch.Size([8, 20])
@@ -51,7 +52,7 @@ class MLP(nn.Sequential):
     ) -> None:
         layers: list[nn.Module] = [nn.Flatten(start_dim=1)]
         widths = [in_features, *hidden]
-        for a, b in zip(widths[:-1], widths[1:]):
+        for a, b in zip(widths[:-1], widths[1:], strict=True):
             layers += [nn.Linear(a, b), activation()]
         layers.append(nn.Linear(widths[-1], out_features))
         if final_activation:
@@ -75,6 +76,7 @@ class ConvEncoder28(nn.Sequential):
         channels: The number of image channels ``C``.
 
     Example:
+        >>> import torch
         >>> body = ConvEncoder28(3)
         >>> body(torch.rand(8, 3, 28, 28)).shape
         torch.Size([8, 2048])
@@ -110,6 +112,7 @@ class ConvDecoder28(nn.Sequential):
         channels: The number of image channels ``C``.
 
     Example:
+        >>> import torch
         >>> body = ConvDecoder28(20, 3)
         >>> body(torch.randn(8, 20)).shape
         torch.Size([8, 3, 28, 28])
@@ -178,6 +181,7 @@ class ResNetEncoder28(nn.Sequential):
         out_features: The number of output features.
 
     Example:
+        >>> import torch
         >>> body = ResNetEncoder28(3)
         >>> body(torch.rand(8, 3, 28, 28)).shape
         torch.Size([8, 512])
@@ -216,6 +220,7 @@ class ResNetDecoder28(nn.Sequential):
         width: Channels before the output convolution; the first block has ``4 * width``.
 
     Example:
+        >>> import torch
         >>> body = ResNetDecoder28(20, 3)
         >>> body(torch.randn(8, 20)).shape
         torch.Size([8, 3, 28, 28])

@@ -13,8 +13,8 @@ from typing import Literal
 
 from torch import nn
 
-from omnivae.data.base import ModalitySpec
 from omnivae.errors import UserError, unknown_name
+from omnivae.modalities import ModalitySpec
 from omnivae.nn.backbones import (
     MLP,
     ConvDecoder28,
@@ -84,9 +84,9 @@ def _check(spec: ModalitySpec, latent_dim: int, backbone: str, hidden: Sequence[
             "and a scalar modality needs shape (1,)"
         )
     if latent_dim < 1:
-        raise UserError(f"the latent dimension must be >= 1, not {latent_dim}")
+        raise UserError(f"the latent dimension must be >= 1, not {latent_dim}", parameter="latent_dim")
     if any(int(h) < 1 for h in hidden):
-        raise UserError(f"hidden layer widths must be >= 1, not {tuple(hidden)}")
+        raise UserError(f"hidden layer widths must be >= 1, not {tuple(hidden)}", parameter="hidden")
     if backbone not in BACKBONES:
         raise unknown_name("backbone", backbone, BACKBONES)
     shape = tuple(spec.shape)
@@ -126,6 +126,7 @@ def build_encoder(
         UserError: For an unknown name or a backbone that does not fit the shape.
 
     Example:
+        >>> import torch
         >>> spec = ModalitySpec("m0", (3, 28, 28), "image")
         >>> encoder = build_encoder(spec, 20)
         >>> [t.shape for t in encoder(torch.rand(4, 3, 28, 28))[:2]]
@@ -136,9 +137,10 @@ def build_encoder(
         raise unknown_name("covariance", covariance, COVARIANCES)
     shape = tuple(spec.shape)
     body: nn.Module
+    features: int
     if name in _IMAGE_BACKBONES:
         body = _IMAGE_BACKBONES[name][0](shape[0])
-        features = body.out_features
+        features = int(body.out_features)  # type: ignore[arg-type]  # every image backbone sets it
     elif hidden:
         body = MLP(math.prod(shape), tuple(hidden[:-1]), hidden[-1], final_activation=True)
         features = int(hidden[-1])
@@ -213,6 +215,7 @@ def build_decoder(
             scale for a likelihood that has none.
 
     Example:
+        >>> import torch
         >>> spec = ModalitySpec("text", (8, 71), "categorical")
         >>> decoder = build_decoder(spec, 20)
         >>> decoder(torch.randn(4, 20)).log_prob(torch.eye(71)[:8].expand(4, 8, 71)).shape

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -275,7 +275,7 @@ class _SigmoidAbsoluteError(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, raw: Tensor, target: Tensor, event_dims: int) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, raw: Tensor, target: Tensor, event_dims: int) -> Tensor:
         loc = torch.sigmoid(raw)
         excess = loc - target
         total = torch.linalg.vector_norm(excess.flatten(-event_dims), 1, dim=-1)
@@ -290,7 +290,7 @@ class _SigmoidAbsoluteError(torch.autograd.Function):
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_total: Tensor):  # type: ignore[override]
+    def backward(ctx: Any, grad_total: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
         raw_derivative, target_derivative = ctx.saved_tensors
         grad = grad_total.reshape(*grad_total.shape, *([1] * ctx.event_dims))
         grad_raw = grad * raw_derivative if raw_derivative is not None else None

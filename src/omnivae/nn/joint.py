@@ -19,8 +19,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from omnivae.data.base import ModalitySpec
 from omnivae.errors import unknown_name
+from omnivae.modalities import ModalitySpec
 from omnivae.nn.backbones import MLP
 from omnivae.nn.factory import build_encoder
 from omnivae.nn.heads import GaussianEncoder

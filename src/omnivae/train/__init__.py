@@ -1,5 +1,6 @@
-"""Training: the loop, schedules, checkpoints and run directories."""
+"""Training: the loop, schedules, callbacks, checkpoints and run directories."""
 
+from omnivae.train.callbacks import Callback, CallbackList, StepEnd
 from omnivae.train.checkpoint import check_run_dir
 from omnivae.train.run import load_run, new_run_dir, train
 from omnivae.train.schedules import LinearWarmup
@@ -12,6 +13,9 @@ from omnivae.train.trainer import (
 )
 
 __all__ = [
+    "Callback",
+    "CallbackList",
+    "StepEnd",
     "TrainConfig",
     "Trainer",
     "TrainingInterrupted",

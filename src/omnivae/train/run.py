@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +17,7 @@ from omnivae.data.base import DatasetSplits, ModalitySpec, MultimodalDataset
 from omnivae.errors import RunDirError, UserError
 from omnivae.models import ModelConfig, MultimodalVAE, build_model, check_networks
 from omnivae.objectives import Objective
+from omnivae.train.callbacks import Callback
 from omnivae.train.checkpoint import (
     RunLock,
     busy_error,
@@ -126,8 +127,12 @@ def train(
     allow_data_change: bool = False,
     encoders: Mapping[str, torch.nn.Module] | None = None,
     decoders: Mapping[str, torch.nn.Module] | None = None,
+    callbacks: Sequence[Callback] | None = None,
 ) -> Trainer:
     """Build (or restore) a model and train it; returns the finished trainer.
+
+    ``callbacks`` are passed to the :class:`~omnivae.train.Trainer` (experiment trackers:
+    :func:`omnivae.train.tracking.make_trackers`).
 
     ``encoders``/``decoders`` are networks of your own by modality name (see
     :func:`~omnivae.models.build_model`); ``config.json`` names their classes, and
@@ -171,7 +176,7 @@ def train(
                 "resume it on its own data, or pass allow_data_change=True to continue on these",
                 parameter="allow_data_change",
             )
-    trainer = Trainer(model, objective, data.train, train_config, run_dir, data.test, run_config)
+    trainer = Trainer(model, objective, data.train, train_config, run_dir, data.test, run_config, callbacks)
     loaded = None
     if resume:  # before the lock, which writes: a damaged run is refused with nothing written
         assert run_dir is not None

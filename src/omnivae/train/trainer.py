@@ -8,166 +8,90 @@ state and the data order's generator state at the start of the epoch.
 
 from __future__ import annotations
 
-import hashlib
 import math
-import signal
 import time
-from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, fields, replace
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import save as safetensors_bytes
 from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from omnivae import __version__
 from omnivae.data.base import MultimodalDataset
-from omnivae.errors import RunDirError, TrainingDiverged, UserError, unknown_name
-from omnivae.configs import check_field_types
+from omnivae.data.torch_data import BatchSource, TorchData, as_batch_source
+from omnivae.errors import TrainingDiverged, UserError
 from omnivae.models import MultimodalVAE
 from omnivae.nn.precision import PRECISIONS, networks_in
 from omnivae.objectives import Objective
-from omnivae.fileio import json_bytes
 from omnivae.stages import Stage
+from omnivae.train import distributed
+from omnivae.train.callbacks import Callback, CallbackList, StepEnd, TrainStatus, as_callbacks
 from omnivae.train.checkpoint import (
     FORMAT,
     Checkpoint,
     RunLock,
     atomic_write_json,
-    flatten_optimizer,
     publish_checkpoint,
     published_checkpoint,
     read_published,
-    unflatten_optimizer,
     write_error,
 )
-from omnivae.train import distributed
+from omnivae.train.config import COMPILE_MODES, TrainConfig, hide_modalities, resolve_device
 from omnivae.train.schedules import LinearWarmup
-
-COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune")
+from omnivae.train.signals import catch_signals
+from omnivae.train.state import checkpoint_files, restore_checkpoint
 
 __all__ = ["COMPILE_MODES", "TrainConfig", "Trainer", "resolve_device", "hide_modalities", "TrainingInterrupted"]
 
 FINITE_CHECK_EVERY = 10
 """Steps between checks that the loss is finite (each check synchronises with the device)."""
 
+TrainData = MultimodalDataset | BatchSource | Dataset | DataLoader
+"""What the trainer trains and evaluates on: an in-memory dataset (the fast default), or a
+torch ``Dataset``/``DataLoader`` of modality dicts (see :mod:`omnivae.data.torch_data`)."""
+
 
 class TrainingInterrupted(Exception):
     """Raised after SIGINT/SIGTERM once the checkpoint of the interrupted step is on disk."""
 
 
-@dataclass
-class TrainConfig:
-    """Optimisation settings; stored in the run's ``config.json``."""
-
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 1e-3
-    seed: int = 0
-    device: str = "auto"
-    warmup_epochs: float = 0.0
-    missing_rate: float = 0.0
-    progress: bool = True
-    precision: str = "fp32"
-    compile: str = "none"
-
-    def validate(self, num_samples: int | None = None) -> None:
-        check_field_types(self)
-        if self.epochs < 0:
-            raise UserError(f"--epochs must be >= 0, got {self.epochs}")
-        if self.batch_size < 1:
-            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
-        if not -(2**63) <= self.seed < 2**64:  # what torch.manual_seed takes
-            raise UserError(f"--seed must be an integer from -2**63 to 2**64 - 1, got {self.seed}")
-        processes = distributed.world_size()
-        if processes > 1 and self.batch_size < processes:
-            raise UserError(
-                f"--batch-size {self.batch_size} is smaller than the {processes} processes torchrun started; "
-                "the batch is split among them, so give at least one row each"
-            )
-        if num_samples is not None and self.batch_size > num_samples:
-            raise UserError(
-                f"--batch-size {self.batch_size} is larger than the {num_samples} training samples; "
-                f"use at most {num_samples}"
-            )
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise UserError(f"--lr must be a positive number, got {self.lr}")
-        if not 0.0 <= self.missing_rate < 1.0:
-            raise UserError(f"--missing-rate must be in [0, 1), got {self.missing_rate}")
-        if self.warmup_epochs < 0:
-            raise UserError(f"--warmup-epochs must be >= 0, got {self.warmup_epochs}")
-        if self.precision not in PRECISIONS:
-            raise unknown_name("--precision", self.precision, tuple(PRECISIONS))
-        if self.compile not in COMPILE_MODES:
-            raise unknown_name("--compile", self.compile, COMPILE_MODES)
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, obj: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in obj.items() if k in known})
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available; asking for an absent device is a user error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are present")
-    elif device.type != "cpu":
-        raise UserError(f"unsupported device {name!r}; use auto, cpu or cuda")
-    return device
-
-
-def hide_modalities(mask: Tensor, rate: float) -> Tensor:
-    """Hide each observed modality with probability ``rate``, keeping one per row.
-
-    A row whose draws would hide everything keeps one of its observed modalities, chosen
-    uniformly, so every row stays encodable. ``mask`` is ``[M, B]``.
-    """
-    if rate <= 0:
-        return mask
-    keep = mask & (torch.rand(mask.shape, device=mask.device) >= rate)
-    scores = torch.rand(mask.shape, device=mask.device).masked_fill(~mask, -1.0)
-    rescue = torch.zeros_like(mask).scatter_(0, scores.argmax(0, keepdim=True), True) & mask
-    return torch.where(keep.any(0, keepdim=True), keep, rescue)
-
-
 class Trainer:
-    """Fits a model with an objective on an in-memory dataset, writing a run directory.
+    """Fits a model with an objective, writing a run directory.
 
     Args:
         model: The model to train (moved to the configured device).
         objective: Its objective.
-        train_data: Training split.
+        train_data: Training split: a :class:`~omnivae.data.MultimodalDataset` (in memory,
+            the fast default), or for data that does not fit in memory a torch ``Dataset``
+            or ``DataLoader`` of ``{modality: tensor}`` dicts (:mod:`omnivae.data.torch_data`).
         config: Optimisation settings.
         run_dir: Where checkpoints and history go; ``None`` trains without writing.
-        test_data: Optional split whose loss is reported after every epoch.
+        test_data: Optional split (of the same kinds) whose loss is reported after every epoch.
         run_config: The JSON written as ``config.json`` (model, dataset, training).
+        callbacks: :class:`~omnivae.train.Callback` instances called as training goes
+            (experiment trackers among them, :mod:`omnivae.train.tracking`); one that
+            raises is warned about once and dropped, and training goes on.
     """
 
     def __init__(
         self,
         model: MultimodalVAE,
         objective: Objective,
-        train_data: MultimodalDataset,
+        train_data: TrainData,
         config: TrainConfig,
         run_dir: Path | None = None,
-        test_data: MultimodalDataset | None = None,
+        test_data: TrainData | None = None,
         run_config: dict | None = None,
+        callbacks: Sequence[Callback] | CallbackList | None = None,
     ) -> None:
-        config.validate(len(train_data))
+        train_source = as_batch_source(train_data)
+        # A DataLoader batches by itself: TrainConfig.batch_size does not apply to it.
+        own_batches = isinstance(train_source, TorchData) and train_source.loader is not None
+        config.validate(None if own_batches else len(train_source))
         self.config = config
         self.device = resolve_device(config.device)
         # Under torchrun: join the other processes (None when training alone); see distributed.py.
@@ -182,8 +106,10 @@ class Trainer:
             self.dist.broadcast_module(self.model)
             self.dist.seed(config.seed)
         self.objective = objective
-        self.train_data = train_data.to(self.device)
-        self.test_data = None if test_data is None else test_data.to(self.device)
+        self.train_data = train_source.to(self.device)
+        self.test_data = None if test_data is None else as_batch_source(test_data).to(self.device)
+        # Under torchrun only rank 0 reports, as only it writes.
+        self.callbacks = as_callbacks(callbacks if self.dist is None or self.dist.is_main else None)
         self.run_dir = None if run_dir is None else Path(run_dir)
         if self.dist is not None and self.run_dir is not None:  # a default name holds the time: take rank 0's
             self.run_dir = self.dist.broadcast_object(self.run_dir)
@@ -193,6 +119,7 @@ class Trainer:
         self.network_dtype = PRECISIONS[config.precision]
         self._step_functions: dict[int, Callable[..., tuple[Tensor, dict[str, Tensor]]]] = {}
         self._kl_weight = torch.zeros((), device=self.device)
+        self.kl_weight = 1.0  # of the last step, for callbacks
         self.optimizer: torch.optim.Optimizer
         self._enter_stage(0)
         self.schedules: dict[str, Callable[[int, int], float]] = {
@@ -260,7 +187,7 @@ class Trainer:
         """One optimisation step; returns detached terms (no host synchronisation)."""
         stage = self.stage
         step = self.global_step - self.stage_start_step if stage.warmup else self.global_step
-        kl_weight = self.schedules["kl_weight"](step, self.steps_per_epoch)
+        self.kl_weight = kl_weight = self.schedules["kl_weight"](step, self.steps_per_epoch)
         self._kl_weight.fill_(kl_weight)
         with networks_in(self.network_dtype):
             loss, step_terms = self._step_function()(self.model, x, mask, self._kl_weight)
@@ -281,7 +208,9 @@ class Trainer:
         if function is None:
             objective = self.stage.objective
 
-            def step(model: MultimodalVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: Tensor):
+            def step(
+                model: MultimodalVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: Tensor
+            ) -> tuple[Tensor, dict[str, Tensor]]:
                 out = objective(model, x, mask, kl_weight)
                 return out.loss, dict(out.terms)
 
@@ -293,27 +222,38 @@ class Trainer:
 
     def fit(self) -> list[dict]:
         """Train every stage to its end; resumes from the loaded state if any."""
-        writes = self.run_dir is not None and distributed.is_main()
+        run_dir = self.run_dir
+        writes = run_dir is not None and distributed.is_main()
         # One writer per run: hold the run's lock for the whole training (rank 0 writes alone).
         owned = writes and self.lock is None
-        lock = RunLock.acquire(self.run_dir) if owned else nullcontext()
+        lock: RunLock | nullcontext[None] = RunLock.acquire(run_dir) if owned and run_dir else nullcontext()
         with lock:
-            if owned:
+            if isinstance(lock, RunLock):
                 self.lock = lock
             try:
-                if writes:
+                if writes and run_dir is not None:
                     try:
-                        atomic_write_json(self.run_dir / "config.json", self.full_config())
+                        atomic_write_json(run_dir / "config.json", self.full_config())
                     except OSError as err:
-                        raise write_error(self.run_dir, err, "config.json", published_checkpoint(self.run_dir), None) from None
-                with self._catch_signals():
-                    while self.epoch < self.total_epochs:
-                        index = self.stage_at(self.epoch)
-                        if index != self.stage_index:
-                            self._enter_stage(index)
-                        self._run_epoch()
-                    if self.run_dir is not None:
-                        self.save()
+                        raise write_error(run_dir, err, "config.json", published_checkpoint(run_dir), None) from None
+                status: TrainStatus = "failed"
+                self.callbacks.call("on_train_begin", self)
+                try:
+                    with catch_signals(self):
+                        while self.epoch < self.total_epochs:
+                            index = self.stage_at(self.epoch)
+                            if index != self.stage_index:
+                                self._enter_stage(index)
+                                self.callbacks.call("on_stage_change", self, index, self.stage)
+                            self._run_epoch()
+                        if self.run_dir is not None:
+                            self.save()
+                    status = "finished"
+                except TrainingInterrupted:
+                    status = "interrupted"
+                    raise
+                finally:
+                    self.callbacks.call("on_train_end", self, status)
             finally:
                 if owned:
                     self.lock = None
@@ -330,7 +270,7 @@ class Trainer:
         )
         totals: dict[str, Tensor] = {}
         finite: list[Tensor] = []  # device-side isfinite(loss) of the steps not yet checked
-        steps = 0
+        steps = rows = 0
         started = time.perf_counter()
         label = self._epoch_label()
         bar = tqdm(
@@ -351,9 +291,14 @@ class Trainer:
             for key, value in terms.items():
                 totals[key] = totals.get(key, 0.0) + value
             steps += 1
+            rows += len(batch)
             self.step_in_epoch += 1
             self.global_step += 1
             bar.update(1)
+            if self.callbacks:
+                lr = float(self.optimizer.param_groups[0]["lr"])
+                step = StepEnd(self.global_step, self.epoch + 1, terms, self.kl_weight, lr, len(batch))
+                self.callbacks.call("on_step_end", self, step)
             if len(finite) == FINITE_CHECK_EVERY or self.step_in_epoch == self.steps_per_epoch:
                 self._check_finite(finite, bar)
             if config.progress and (steps % 10 == 0 or self.step_in_epoch == self.steps_per_epoch):
@@ -375,8 +320,9 @@ class Trainer:
         if self.test_data is not None:
             record.update({f"test_{k}": v for k, v in self.evaluate_loss(self.test_data).items()})
         record["seconds"] = seconds
-        record["samples_per_second"] = steps * config.batch_size / max(seconds, 1e-9)
+        record["samples_per_second"] = rows / max(seconds, 1e-9)
         self.history.append(record)
+        self.callbacks.call("on_epoch_end", self, record)
         self.epoch += 1
         self.step_in_epoch = 0
         self.epoch_start_data_state = self.data_generator.get_state()
@@ -392,7 +338,7 @@ class Trainer:
             if self._stop_requested():  # a signal arrived during the save: stop at this checkpoint
                 self._interrupt(save=False)
 
-    def _check_finite(self, finite: list[Tensor], bar) -> None:
+    def _check_finite(self, finite: list[Tensor], bar: tqdm) -> None:
         """Raise :class:`TrainingDiverged` if a loss in ``finite`` (the device-side
         ``isfinite`` of the last ``len(finite)`` steps, the current one last) was not finite.
 
@@ -438,12 +384,14 @@ class Trainer:
         )
 
     @torch.no_grad()
-    def evaluate_loss(self, data: MultimodalDataset, batch_size: int | None = None) -> dict[str, float]:
-        """The objective's mean loss and terms on ``data`` (no gradient, model in eval mode)."""
+    def evaluate_loss(self, data: TrainData, batch_size: int | None = None) -> dict[str, float]:
+        """The objective's mean loss and terms on ``data`` (no gradient, model in eval mode);
+        ``data`` as for ``train_data``."""
         self.model.eval()
         totals: dict[str, Tensor] = {}
         count = 0
-        for batch in data.batches(batch_size or self.config.batch_size):
+        for batch in as_batch_source(data).batches(batch_size or self.config.batch_size):
+            batch = batch.to(self.device)
             mask = self.model.stack_mask(batch.x, batch.mask)
             out = self.stage.objective(self.model, batch.x, mask, 1.0)
             n = len(batch)
@@ -454,35 +402,7 @@ class Trainer:
         self.model.train()
         return {k: float(v / count) for k, v in totals.items()}
 
-    # -- signals -------------------------------------------------------------------------
-    @contextmanager
-    def _catch_signals(self):
-        """SIGINT/SIGTERM finish the current step, write a checkpoint, then stop.
-
-        A second signal stops at once (``KeyboardInterrupt``), except while a checkpoint is
-        being written: then it is ignored and training stops once the checkpoint is published.
-        """
-
-        def handler(signum, frame):
-            if self._saving:  # never break a checkpoint: stop once it is published
-                self._stop_signal = self._stop_signal or signum
-                return
-            if self._stop_signal is not None:  # a second signal stops at once
-                raise KeyboardInterrupt
-            self._stop_signal = signum
-
-        previous = {}
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, handler)
-        except ValueError:  # not the main thread: leave signals alone
-            previous = {}
-        try:
-            yield
-        finally:
-            for sig, old in previous.items():
-                signal.signal(sig, old)
-
+    # -- signals --------------------------------------------------------------------
     def _stop_requested(self) -> bool:
         """A signal arrived; under torchrun, in any process, so that all stop after the same step."""
         stop = self._stop_signal is not None
@@ -518,7 +438,7 @@ class Trainer:
             return
         self._saving = True
         try:
-            files = self._checkpoint_files(rank_states)
+            files = checkpoint_files(self, rank_states)
             try:
                 publish_checkpoint(self.run_dir, files)
             except OSError as err:
@@ -532,79 +452,9 @@ class Trainer:
                 raise write_error(self.run_dir, err, "a checkpoint", previous, progress) from None
         finally:
             self._saving = False
-
-    def _checkpoint_files(self, rank_states: dict[str, Tensor]) -> dict[str, bytes]:
-        """The files of a checkpoint, as bytes (see :data:`omnivae.train.checkpoint.FILES`)."""
-
-        def tensors(values: dict[str, Tensor], metadata: dict[str, str] | None = None) -> bytes:
-            return safetensors_bytes({k: v.detach().contiguous().cpu() for k, v in values.items()}, metadata=metadata)
-
-        model = tensors(dict(self.model.state_dict()), {"format": FORMAT, "omnivae_version": __version__})
-        optimizer_tensors, optimizer_meta = flatten_optimizer(self.optimizer)
-        state_tensors = dict(optimizer_tensors)
-        state_tensors["rng/torch"] = torch.get_rng_state()
-        state_tensors["rng/data_epoch_start"] = self.epoch_start_data_state
-        if self.device.type == "cuda":
-            state_tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
-        state_tensors.update(rank_states)
-        state = tensors(state_tensors)
-        progress = {
-            "format": FORMAT,
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
-            "finished": self.epoch >= self.total_epochs,
-            "stage": self.stage_index,
-            "optimizer": optimizer_meta,
-            "sha256": {"model.safetensors": hashlib.sha256(model).hexdigest(), "state.safetensors": hashlib.sha256(state).hexdigest()},
-        }
-        return {
-            "model.safetensors": model,
-            "state.safetensors": state,
-            "state.json": json_bytes(progress),
-            "metrics.json": json_bytes({"history": self.history}),
-        }
+        self.callbacks.call("on_checkpoint", self, self.run_dir)
 
     def load(self, run_dir: Path) -> int | None:
         """Restore the published checkpoint of ``run_dir`` (exact resume); returns its
         generation (``None`` for a run in the old flat layout)."""
-        return read_published(Path(run_dir), self._load_checkpoint)
-
-    def _load_checkpoint(self, checkpoint: Checkpoint) -> int | None:
-        run_dir = checkpoint.run_dir
-        progress = checkpoint.progress()
-        params = checkpoint.tensors("model.safetensors")
-        state = checkpoint.tensors("state.safetensors")
-        history = checkpoint.history()
-        stage = progress["stage"]
-        if stage >= len(self.stages):
-            raise RunDirError(
-                f"{checkpoint.path('state.json')} is damaged: stage {stage} does not exist "
-                f"(the method has {len(self.stages)} stage(s))"
-            )
-        try:
-            self.model.load_state_dict({k: v.to(self.device) for k, v in params.items()})
-        except RuntimeError as err:
-            raise RunDirError(f"{run_dir}: the checkpoint does not fit this model ({str(err).splitlines()[0]})") from None
-        # The saved optimizer belongs to the stage the run stopped in (its last finished
-        # epoch's stage when it stopped at a boundary); rebuild that stage's first.
-        self._enter_stage(stage)
-        try:
-            self.optimizer.load_state_dict(unflatten_optimizer(state, progress["optimizer"]))
-            torch.set_rng_state(state["rng/torch"])
-            if "rng/cuda" in state and self.device.type == "cuda":
-                torch.cuda.set_rng_state(state["rng/cuda"], self.device)
-            self.epoch_start_data_state = state["rng/data_epoch_start"]
-            self.data_generator.set_state(self.epoch_start_data_state)
-        except (KeyError, ValueError, RuntimeError, TypeError) as err:
-            raise RunDirError(
-                f"{checkpoint.path('state.safetensors')} does not hold this run's optimizer and random states "
-                f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
-            ) from None
-        self.epoch = progress["epoch"]
-        self.step_in_epoch = progress["step_in_epoch"]
-        self.global_step = progress["global_step"]
-        self.history = list(history)
-        if self.dist is not None:
-            self.dist.restore_rng_states(state, self.config.seed, self.global_step)
-        return checkpoint.generation
+        return read_published(Path(run_dir), lambda checkpoint: restore_checkpoint(self, checkpoint))

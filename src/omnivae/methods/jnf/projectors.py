@@ -1,4 +1,4 @@
-"""Objectives for the shared-information projectors of JNF-Shared (stage 0).
+"""The shared-information projectors of JNF-Shared (stage 0): networks and objectives.
 
 JNF-Shared conditions each unimodal posterior on a pretrained projection ``g_j(x_j)`` that
 keeps what modality ``j`` shares with the others (Senellart et al., Sec. 3.4, Eq. 13-15).
@@ -9,7 +9,7 @@ The projectors are trained jointly, before the VAE, with one of two objectives:
 * multimodal contrastive learning (Appendix B.2): InfoNCE on cosine similarities between
   the projections of one sample across modalities, :func:`contrastive_loss`.
 
-Only the losses live here; the networks and the training loop belong to the model code.
+The network g_j is :class:`Projector`; the training stage is in :mod:`omnivae.methods.jnf.objectives`.
 Projections are ``[N, d_j]``: ``N`` samples (a batch), one row per sample in every view.
 
 References:
@@ -20,17 +20,20 @@ References:
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Sequence
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from omnivae.errors import UserError
+from omnivae.modalities import ModalitySpec
+from omnivae.nn import build_encoder
 
-__all__ = ["cca_total_correlation", "dcca_loss", "contrastive_loss"]
+__all__ = ["Projector", "cca_total_correlation", "dcca_loss", "contrastive_loss"]
 
 
 def _ridged(covariance: Tensor, eps: float) -> Tensor:
@@ -132,7 +135,7 @@ def dcca_loss(
     if len(projections) < 2:
         raise UserError(f"dcca_loss needs at least 2 views, got {len(projections)}")
     pairs = itertools.combinations(projections, 2)
-    return -sum(cca_total_correlation(a, b, eps=eps, top_k=top_k) for a, b in pairs)
+    return -functools.reduce(torch.add, [cca_total_correlation(a, b, eps=eps, top_k=top_k) for a, b in pairs])
 
 
 def contrastive_loss(
@@ -185,3 +188,24 @@ def contrastive_loss(
         total = total / batch
     return total
 
+
+class Projector(nn.Module):
+    """A projector g_j of JNF-Shared (Sec. 3.4, App. E): an encoder body and a linear map.
+
+    The body is the one :func:`~omnivae.nn.build_encoder` builds for the modality ("the
+    projectors have the same architectures as the encoders of other models", App. E).
+
+    Args:
+        spec, backbone, hidden: As for :func:`~omnivae.nn.build_encoder`.
+        dim: the projection's size (App. E.1: 10).
+    """
+
+    def __init__(self, spec: ModalitySpec, dim: int, backbone: str, hidden: Sequence[int]) -> None:
+        super().__init__()
+        encoder = build_encoder(spec, dim, backbone=backbone, hidden=hidden)
+        self.body = encoder.body
+        self.out = nn.Linear(encoder.loc.in_features, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [B, *shape] -> g_j(x) [B, dim]``."""
+        return self.out(self.body(x))
