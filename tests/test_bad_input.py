@@ -378,7 +378,11 @@ CLI_CASES = [
             (*EVALUATE, "--classifier-epochs", "0"), ("--classifier-epochs", ">= 1")),
     CliCase("evaluate-missing-inception", "CLI", "evaluate --inception of a file that is not there",
             (*EVALUATE, "--inception", "{tmp}/absent.pt"), ("--inception", "absent.pt", "no such file")),
+    CliCase("evaluate-unknown-sampler", "CLI", "evaluate --sampler flow", (*EVALUATE, "--sampler", "flow"),
+            ("unknown sampler 'flow'", "prior, gmm, maf", "--sampler")),
     # sample
+    CliCase("sample-unknown-sampler", "CLI", "sample --sampler flow", (*SAMPLE, "--sampler", "flow"),
+            ("--sampler 'flow' is not a sampler", "prior, gmm, maf")),
     CliCase("sample-unknown-given", "CLI", "sample --given a modality the run lacks", (*SAMPLE, "--given", "vec,sound"),
             ("--given sound", "not a modality of this run", "img, vec, bits, age")),
     CliCase("sample-n-zero", "CLI", "sample --n 0", (*SAMPLE, "--n", "0"), ("--n", ">= 1")),

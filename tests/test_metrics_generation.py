@@ -35,12 +35,7 @@ from omnivae.metrics.classifiers import (
     mean_average_precision,
 )
 from omnivae.metrics.coherence import conditional_coherence, joint_coherence
-from omnivae.metrics.frechet import (
-    RunningMoments,
-    frechet_distance,
-    generation_frechet,
-    load_inception_features,
-)
+from omnivae.metrics.frechet import generation_frechet, load_inception_features
 from omnivae.models import MultimodalVAE, build_model
 from omnivae.priors import PRIORS
 
@@ -220,40 +215,61 @@ def test_metrics_need_labels() -> None:
 
 
 # -- Frechet distance ------------------------------------------------------------------------------
-def test_frechet_distance_closed_forms() -> None:
-    gen = torch.Generator().manual_seed(0)
-    feats = torch.randn(500, 6, generator=gen) @ torch.randn(6, 6, generator=gen)
-    mu, cov = feats.mean(0), torch.cov(feats.T)
-    assert frechet_distance(mu, cov, mu, cov) == pytest.approx(0.0, abs=1e-8)
-    a, b = torch.tensor([1.0, 4.0, 0.25]), torch.tensor([9.0, 1.0, 0.0])
-    m1, m2 = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([1.0, -1.0, 2.0])
-    expected = float(((a.sqrt() - b.sqrt()) ** 2).sum() + ((m1 - m2) ** 2).sum())
-    assert frechet_distance(m1, torch.diag(a), m2, torch.diag(b)) == pytest.approx(expected)
-    # A full-covariance case against scipy's sqrtm of C1 C2, the textbook formula.
+def _exact_fd(real: np.ndarray, fake: np.ndarray) -> float:
+    """The textbook FD from whole-set float64 moments, with scipy's sqrtm."""
     scipy_linalg = pytest.importorskip("scipy.linalg")
-    c1 = np.cov(np.random.default_rng(0).normal(size=(5, 40)))
-    c2 = np.cov(np.random.default_rng(1).normal(size=(5, 40)))
-    d1, d2 = np.ones(5), np.zeros(5)
-    textbook = 5 + np.trace(c1 + c2 - 2 * scipy_linalg.sqrtm(c1 @ c2).real)
-    assert frechet_distance(d1, c1, d2, c2) == pytest.approx(textbook, rel=1e-6)
+    c1, c2 = np.cov(real.T), np.cov(fake.T)
+    return float(((real.mean(0) - fake.mean(0)) ** 2).sum() + np.trace(c1 + c2 - 2 * scipy_linalg.sqrtm(c1 @ c2).real))
 
 
-def test_running_moments_match_numpy_over_batches_masks_and_sets() -> None:
-    rng = np.random.default_rng(0)
-    full = rng.normal(loc=1000.0, size=(300, 5))  # a large offset tests the shifted sums
-    moments = RunningMoments()
-    for part in np.array_split(full, 7):
-        moments.update(torch.from_numpy(part))
-    assert torch.allclose(moments.mean, torch.from_numpy(full.mean(0)))
-    assert torch.allclose(moments.covariance, torch.from_numpy(np.cov(full.T)), atol=1e-9)
-    # Two sets at once ([2, N, F]) with masks.
-    keep = rng.random((2, 300)) < 0.5
-    both = RunningMoments()
-    for rows in np.array_split(np.arange(300), 4):
-        both.update(torch.from_numpy(full[rows]).expand(2, -1, -1), torch.from_numpy(keep[:, rows]))
-    for k in range(2):
-        assert torch.allclose(both.mean[k], torch.from_numpy(full[keep[k]].mean(0)))
-        assert torch.allclose(both.covariance[k], torch.from_numpy(np.cov(full[keep[k]].T)), atol=1e-9)
+def test_generation_frechet_equals_the_exact_distance_of_the_feature_sets() -> None:
+    """torchmetrics' FD with omnivae's features equals the whole-set formula (float64),
+    over batches, masks (unobserved rows left out) and the per-subset sets."""
+    base = onehot_data(300, seed=2, observed=0.8)
+    noise = torch.Generator().manual_seed(5)
+    x = {n: (v + 0.3 * torch.randn(v.shape, generator=noise)) * base.masks[n][:, None] for n, v in base.data.items()}
+    data = MultimodalDataset(base.modalities, x, base.masks, base.labels, name="noisy")  # full-rank features
+    model = stand_in(CopyDecoder)
+    lift = torch.randn(K, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    feature_fn = lambda name, x: torch.tanh(x.to(torch.float64) @ lift)  # noqa: E731
+    result = generation_frechet(model, data, None, feature_fn=feature_fn, batch_size=64, seed=3)
+    # The copy model decodes q(z | x_S)'s sample; rebuild the sets the metric saw.
+    with torch.no_grad():
+        from omnivae.metrics.common import all_subsets
+
+        subsets, keys = all_subsets(NAMES)
+        torch.manual_seed(3)
+        real = {n: [] for n in NAMES}
+        fake = {}
+        for batch in data.batches(64):
+            observed = model.stack_mask(batch.x, batch.mask)
+            z = model.subset_posteriors(batch.x, subsets).sample()
+            model.prior().sample(torch.Size([len(batch)]))  # the prior draw, in the same order
+            for m, name in enumerate(NAMES):
+                real[name].append(feature_fn(name, batch.x[name][observed[m]]))
+            for s, row in enumerate(subsets):
+                valid = observed[row].all(0)
+                for m, name in enumerate(NAMES):
+                    if not row[m]:
+                        fake.setdefault((keys[s], name), []).append(feature_fn(name, z[s][valid]))
+    for (key, name), parts in fake.items():
+        expected = _exact_fd(torch.cat(real[name]).numpy(), torch.cat(parts).numpy())
+        assert result["conditional"][key][name] == pytest.approx(expected, rel=1e-8, abs=1e-10)
+
+
+def test_generation_frechet_without_torchmetrics_is_one_clear_line(monkeypatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_torchmetrics(name, *args, **kwargs):
+        if name.startswith("torchmetrics"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_torchmetrics)
+    with pytest.raises(UserError, match=r"needs torchmetrics.*pip install 'torchmetrics>=1.0'"):
+        generation_frechet(stand_in(CopyDecoder), onehot_data(20, seed=0), readers())
 
 
 def test_generation_frechet_separates_faithful_from_random_generations() -> None:

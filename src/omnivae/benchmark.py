@@ -58,6 +58,9 @@ def summarise_run(results: dict) -> dict[str, float]:
         out["log p(X)"] = results["likelihood"].get("joint")
     if "fd" in results:
         out["FD unconditional (avg)"] = _mean(results["fd"]["unconditional"].values())
+    if "clustering" in results:
+        out["k-means NMI (avg subsets)"] = _mean(results["clustering"]["nmi"]["per_subset"].values())
+        out["k-means ARI (avg subsets)"] = _mean(results["clustering"]["ari"]["per_subset"].values())
     if "recon" in results:
         out["recon MSE self (avg)"] = _mean(results["recon"]["self"].values())
         out["recon MSE cross (avg)"] = _mean(results["recon"].get("cross", {}).values())
@@ -184,6 +187,7 @@ def _curves(per_run: dict[str, list[dict]]) -> dict:
         "latent linear probe accuracy": lambda r: r.get("probe", {}).get("by_size"),
         "conditional coherence": lambda r: r.get("coherence", {}).get("by_size"),
         "log p(X_rest | x_S)": lambda r: r.get("likelihood", {}).get("conditional_by_size"),
+        "latent k-means NMI": lambda r: r.get("clustering", {}).get("nmi", {}).get("by_size"),
     }
     curves: dict = {}
     for metric, get in sources.items():

@@ -34,10 +34,13 @@ T = TypeVar("T")
 if TYPE_CHECKING:
     from omnivae.train.run import LoadedRun
 
+#: The panel of the k-means NMI in ``metrics_vs_inputs.png``.
+CLUSTERING_CURVE = "latent k-means NMI"
+
 __all__ = ["METRICS", "PROTOCOLS", "ALL", "EvalOptions", "evaluate_run", "merge_results", "draw_samples"]
 
-METRICS = ("coherence", "probe", "likelihood", "fd", "recon")
-NEEDS_LABELS = ("coherence", "probe", "fd")
+METRICS = ("coherence", "probe", "likelihood", "fd", "recon", "clustering")
+NEEDS_LABELS = ("coherence", "probe", "fd", "clustering")
 PROTOCOL_NAMES = ("fast", "paper")
 #: A row count meaning every row of the split.
 ALL = "all"
@@ -77,6 +80,7 @@ METRIC_SETTINGS: dict[str, tuple[str, ...]] = {
     "likelihood": ("likelihood_num_test", "num_importance_samples"),
     "fd": ("num_test", "classifier_epochs", "classifier_batch_size"),
     "recon": ("num_test",),
+    "clustering": ("num_test",),
 }
 
 
@@ -108,6 +112,9 @@ class EvalOptions:
     inception: str | None = None
     figures: bool = True
     progress: bool = True
+    #: Latent sampler of joint coherence and unconditional FD: prior, gmm or maf
+    #: (:mod:`omnivae.latent_samplers`, fitted on first use and cached in the run).
+    sampler: str = "prior"
 
     def resolved(self) -> EvalOptions:
         """A copy with every unset setting taken from the protocol."""
@@ -144,6 +151,15 @@ class EvalOptions:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise UserError(f"{key} must be >= 1, got {value}", parameter=key)
+        from omnivae.latent_samplers import SAMPLERS
+
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler {self.sampler!r}; choose one of: {', '.join(SAMPLERS)}",
+                            parameter="sampler")
+        if "fd" in self.metrics:
+            from omnivae.metrics.frechet import require_torchmetrics
+
+            require_torchmetrics()
         if self.inception is not None and not Path(self.inception).expanduser().is_file():
             raise UserError(
                 f"inception {self.inception}: no such file; pass a TorchScript or safetensors "
@@ -230,6 +246,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         image_features,
         joint_coherence,
         joint_log_likelihood,
+        latent_clustering,
         linear_probe,
         load_inception_features,
         reconstruction_error,
@@ -255,6 +272,11 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         )
     for name in labelled:
         require_labels(data.test, name)
+    if "clustering" in options.metrics and data.test.labels is not None and data.test.labels.dim() > 1:
+        if tuple(options.metrics) != METRICS:
+            raise DataError(f"the clustering metric needs one class per row, and dataset {run.dataset_name!r} "
+                            "has several labels per row; leave clustering out of the metrics")
+        options = replace(options, metrics=tuple(m for m in options.metrics if m != "clustering"))
     model = run.model
     if device.type == "cpu":
         # oneDNN runs the conv decoders ~1.4x faster with channels-last weights (same values).
@@ -283,6 +305,16 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
                                   "batch_size": settings.classifier_batch_size}
         timings["classifiers"] = time.perf_counter() - started
 
+    latent_sampler = None
+    if options.sampler != "prior" and any(m in options.metrics for m in ("coherence", "fd")):
+        from omnivae.latent_samplers import run_latent_sampler
+
+        latent_sampler = run_latent_sampler(
+            run, run_dir, options.sampler, data.train, data_dir=options.data_dir,
+            log=(lambda line: print(line, file=sys.stderr)) if progress else None,
+        )
+    sampled = {"latent_sampler": options.sampler}
+
     def record(metric: str, started: float, rows: MultimodalDataset, **extra: object) -> None:
         timings[metric] = time.perf_counter() - started
         _record_sampler(model, metric, sampler)
@@ -301,10 +333,10 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         coherence = conditional_coherence(model, test, classifiers, seed=options.seed, progress=progress, **common)
         coherence["joint"] = joint_coherence(
             model, classifiers, num_samples=_given(settings.joint_coherence_samples), seed=options.seed,
-            progress=progress, **common,
+            progress=progress, latent_sampler=latent_sampler, **common,
         )
         results["coherence"] = coherence
-        record("coherence", started, test)
+        record("coherence", started, test, **sampled)
     if "probe" in options.metrics:
         started = time.perf_counter()
         model.reset_sampler_statistics()
@@ -332,14 +364,20 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
             assert classifiers is not None  # trained above for fd
             feature_fn = image_features(load_inception_features(options.inception), classifiers, run.modalities)
         results["fd"] = generation_frechet(
-            model, test, classifiers, seed=options.seed, feature_fn=feature_fn, progress=progress, **common
+            model, test, classifiers, seed=options.seed, feature_fn=feature_fn, progress=progress,
+            latent_sampler=latent_sampler, **common
         )
-        record("fd", started, test, **({"inception": options.inception} if options.inception else {}))
+        record("fd", started, test, **sampled, **({"inception": options.inception} if options.inception else {}))
     if "recon" in options.metrics:
         started = time.perf_counter()
         model.reset_sampler_statistics()
         results["recon"] = reconstruction_error(model, test, progress=progress, **common)
         record("recon", started, test)
+    if "clustering" in options.metrics:
+        started = time.perf_counter()
+        model.reset_sampler_statistics()
+        results["clustering"] = latent_clustering(model, test, seed=options.seed, progress=progress, **common)
+        record("clustering", started, test)
     results["seconds"] = timings
     results["settings"] = recorded
     if sampler:
@@ -414,10 +452,14 @@ def draw_figures(run: LoadedRun, test: MultimodalDataset, results: dict, folder:
         curves["latent linear probe accuracy"] = {label: results["probe"]["by_size"]}
     if "coherence" in results:
         curves["conditional coherence"] = {label: results["coherence"]["by_size"]}
+    if "clustering" in results:
+        curves[CLUSTERING_CURVE] = {label: results["clustering"]["nmi"]["by_size"]}
     if "likelihood" in results and "conditional_by_size" in results["likelihood"]:
         curves["log p(X_rest | x_S)"] = {label: results["likelihood"]["conditional_by_size"]}
     if curves:
         results["chance"] = chance_levels(test.labels, len(test.label_names or []))
+        if CLUSTERING_CURVE in curves:
+            results["chance"][CLUSTERING_CURVE] = 0.0  # NMI of clusters independent of the classes
         metric_curves(curves, folder / "metrics_vs_inputs.png", title=label, chance=results["chance"])
         written.append("figures/metrics_vs_inputs.png")
     device = run.model.device

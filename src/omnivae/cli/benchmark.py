@@ -31,7 +31,7 @@ def add_benchmark(sub: argparse._SubParsersAction[Parser]) -> None:
                    "probe and coherence against reconstruction error")
     p.add_argument("--epochs", type=int, default=10, help="training epochs of every run (default 10)")
     p.add_argument("--out", required=True, help="benchmark folder")
-    p.add_argument("--metrics", help="comma-separated: coherence,probe,likelihood,fd,recon (default all)")
+    p.add_argument("--metrics", help="comma-separated: coherence,probe,likelihood,fd,recon,clustering (default all)")
     p.add_argument("--latent-dim", type=int, help="latent size of every model (default 32)")
     p.add_argument("--beta", type=finite_float, help="weight of the KL term of every model (default 1)")
     p.add_argument("--aggregator", help="swap every model's aggregation: poe, moe, mopoe, wb, mwb (default: each model's own)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,7 @@ def add_evaluate(sub: argparse._SubParsersAction[Parser]) -> None:
         description="Evaluate a run with the papers' metrics and write eval.json, report.md and figures/.",
     )
     p.add_argument("run", help="run directory written by 'omnivae train'")
-    p.add_argument("--metrics", help="comma-separated: coherence,probe,likelihood,fd,recon (default all)")
+    p.add_argument("--metrics", help="comma-separated: coherence,probe,likelihood,fd,recon,clustering (default all)")
     p.add_argument("--track", help="also log the metrics to these trackers (tensorboard, mlflow, wandb), "
                    "into the tracking runs of training when it had them")
     add_eval_options(p)
@@ -56,6 +57,9 @@ def add_eval_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--joint-coherence-samples", type=int, metavar="N",
                    help="prior samples for joint coherence (fast 1000, paper 10000)")
     p.add_argument("--inception", help="your own Inception feature network (TorchScript or safetensors) for Frechet distances")
+    p.add_argument("--sampler", default="prior",
+                   help="latents of joint coherence and unconditional FD: prior (default), gmm or maf, a density "
+                   "fitted to the training posteriors (fitted on first use, stored in the run)")
     p.add_argument("--no-figures", action="store_true", help="skip the figures")
     if not any(a.dest == "device" for a in p._actions):
         p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
@@ -88,6 +92,7 @@ def eval_options(args: argparse.Namespace, metrics: str | None) -> EvalOptions:
         inception=args.inception,
         figures=not args.no_figures,
         progress=not getattr(args, "no_progress", False),
+        sampler=getattr(args, "sampler", "prior"),
     )
     try:
         options.validate()
@@ -109,6 +114,9 @@ def add_sample(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--out", default="samples.png", help="PNG file to write (default samples.png)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the test rows drawn (stratified across classes) and of the samples (default 0)")
+    p.add_argument("--sampler", default="prior",
+                   help="latents of unconditional samples: prior (default), gmm or maf, a density fitted to the "
+                   "training posteriors (fitted on first use, stored in the run)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--data-dir", help="folder with the dataset's real files, where it needs them")
     p.set_defaults(handler=cmd_sample)
@@ -165,11 +173,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
     check_output_file(out, "--out")
     if args.n < 1:
         raise UserError(f"--n must be >= 1, got {args.n}")
+    from omnivae.latent_samplers import SAMPLERS, run_latent_sampler
+
+    if args.sampler not in SAMPLERS:
+        raise UserError(f"--sampler {args.sampler!r} is not a sampler; choose one of: {', '.join(SAMPLERS)}")
     run = load_run(args.run, device=resolve_device(args.device))
     given = [g.strip() for g in (args.given or "").split(",") if g.strip()]
     unknown = [g for g in given if g not in run.model.names]
     if unknown:
         raise UserError(f"--given {','.join(unknown)}: not a modality of this run; it has {', '.join(run.model.names)}")
+    if given and args.sampler != "prior":
+        raise UserError(f"--sampler {args.sampler} draws unconditional samples; leave out --given to use it")
     if given:
         data = load_dataset(run.dataset_name, data_dir=args.data_dir or run.data_dir)
         check_sample_memory(run.modalities, min(args.n, len(data.test)), "--n")  # at most one per test row
@@ -177,10 +191,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
         title = f"given {'+'.join(given)}: test examples across classes (seed {args.seed})"
     else:
         check_sample_memory(run.modalities, args.n, "--n")
+        latents = run_latent_sampler(run, args.run, args.sampler, data_dir=args.data_dir,
+                                     log=lambda line: print(line, file=sys.stderr))
         torch.manual_seed(args.seed)
-        inputs, generated = {}, {k: v.cpu() for k, v in run.model.generate(args.n).items()}
+        if latents is None:
+            inputs, generated = {}, {k: v.cpu() for k, v in run.model.generate(args.n).items()}
+        else:
+            with torch.no_grad():
+                inputs, generated = {}, {k: v.cpu() for k, v in run.model.decode_mean(latents(args.n)).items()}
         observed, row_labels = None, None
-        title = f"unconditional samples from the prior (seed {args.seed})"
+        source = "the prior" if latents is None else f"the {args.sampler} sampler"
+        title = f"unconditional samples from {source} (seed {args.seed})"
     try:
         sample_grid(inputs, generated, run.modalities, out, title=title, observed=observed, row_labels=row_labels)
     except OSError as err:

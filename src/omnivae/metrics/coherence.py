@@ -15,6 +15,8 @@ samples into every modality and count how often all classifiers agree.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
@@ -159,6 +161,7 @@ def joint_coherence(
     device: torch.device | str = "cpu",
     seed: int = 0,
     progress: bool = False,
+    latent_sampler: Callable[[int], Tensor] | None = None,
 ) -> float:
     """The fraction of prior samples whose decoded modalities all get the same class.
 
@@ -174,6 +177,8 @@ def joint_coherence(
         device: Where to compute.
         seed: Seeds the prior samples.
         progress: Show a progress bar (batches, with ETA) on stderr.
+        latent_sampler: ``count -> z [count, D]`` replacing the prior (a post-hoc
+            sampler of :mod:`omnivae.latent_samplers`).
 
     References:
         Shi et al., NeurIPS 2019, Sec. 4 (joint coherence); Sutter et al., ICLR 2021, Sec. 4
@@ -184,7 +189,10 @@ def joint_coherence(
     with seeded(seed, device), evaluating(model), bar:
         for begin in range(0, num_samples, batch_size):
             count = min(batch_size, num_samples - begin)
-            z = model.prior().sample(torch.Size([count])).to(device)
+            if latent_sampler is None:
+                z = model.prior().sample(torch.Size([count])).to(device)
+            else:
+                z = latent_sampler(count).to(device)
             generated = model.decode_mean(z)
             preds = torch.stack([classifiers.predict(name, generated[name]).to(device) for name in model.names])
             same = (preds == preds[:1]).reshape(preds.shape[0], count, -1).all(-1).all(0)

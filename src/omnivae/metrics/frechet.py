@@ -1,13 +1,19 @@
-"""Frechet distance between real and generated samples in a feature space.
+"""Frechet distance between real and generated samples in a feature space, via torchmetrics.
 
 The Frechet distance of two sets of features is the 2-Wasserstein distance between the
-Gaussians with their means and covariances (Heusel et al. 2017, the FID):
+Gaussians with their means and covariances (Heusel et al. 2017, Eq. 6, the FID):
 
-    FD = ||mu1 - mu2||^2 + tr(C1 + C2 - 2 (C1^(1/2) C2 C1^(1/2))^(1/2)).
+    FD = ||mu1 - mu2||^2 + tr(C1 + C2 - 2 (C1 C2)^(1/2)).
 
-Only the first two moments are needed, so :class:`RunningMoments` accumulates sums and
-sums of outer products batch by batch and generated sets are never held in memory. The
-default feature space is the penultimate layer (128 units) of the per-modality
+The moments and the distance come from torchmetrics' ``FrechetInceptionDistance`` with
+omnivae's own feature network passed as its ``feature`` module (:class:`FeatureExtractor`),
+so no Inception network is downloaded. It accumulates float64 sums and sums of outer
+products batch by batch; generated sets are never held in memory. Measured against the
+hand-written version this replaced (``benchmarks/fd_vs_torchmetrics.py``): values agree to
+1e-14 (relative) in float64 at the ``fast`` and ``paper`` sizes, with the same CPU time.
+torchmetrics is a dependency of omnivae.
+
+The default feature space is the penultimate layer (128 units) of the per-modality
 classifiers of :mod:`omnivae.metrics.classifiers`; :func:`load_inception_features` plugs
 in an InceptionV3 the user supplies (as the MoPoE and MMVAE+ evaluations use), never
 downloading anything.
@@ -17,15 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from omnivae.data.base import ModalitySpec, MultimodalDataset
 from omnivae.errors import UserError
-from omnivae.functional import psd_sqrt
 from omnivae.metrics.classifiers import ModalityClassifiers
 from omnivae.metrics.coherence import conditioned_rows, subset_targets
 from omnivae.metrics.common import (
@@ -38,102 +43,40 @@ from omnivae.metrics.common import (
 )
 from omnivae.models import MultimodalVAE
 
-__all__ = ["frechet_distance", "RunningMoments", "generation_frechet", "load_inception_features", "image_features"]
+__all__ = ["generation_frechet", "load_inception_features", "image_features", "FeatureExtractor", "require_torchmetrics"]
 
 #: ``(target modality, samples [N, *shape]) -> features [N, F]``.
 FeatureFn = Callable[[str, Tensor], Tensor]
 
 
-def frechet_distance(
-    mu1: Tensor | np.ndarray, cov1: Tensor | np.ndarray, mu2: Tensor | np.ndarray, cov2: Tensor | np.ndarray
-) -> float:
-    """Frechet distance between N(mu1, cov1) and N(mu2, cov2), in float64.
-
-    ``||mu1 - mu2||^2 + tr(C1) + tr(C2) - 2 tr((C1^(1/2) C2 C1^(1/2))^(1/2))``; the last
-    trace is the sum of the square roots of the eigenvalues of the symmetric PSD matrix
-    C1^(1/2) C2 C1^(1/2), which avoids the non-symmetric ``sqrtm(C1 C2)`` of the usual
-    implementation. Rounding below zero is clipped.
-
-    References:
-        Heusel et al., "GANs Trained by a Two Time-Scale Update Rule Converge to a Local
-        Nash Equilibrium", NeurIPS 2017, Eq. 6 (the FID).
-
-    Example:
-        >>> frechet_distance(torch.zeros(2), torch.eye(2), torch.ones(2), 4 * torch.eye(2))
-        4.0
-    """
-    m1, c1, m2, c2 = (torch.as_tensor(v).to(torch.float64) for v in (mu1, cov1, mu2, cov2))
-    c1 = 0.5 * (c1 + c1.transpose(-1, -2))
-    c2 = 0.5 * (c2 + c2.transpose(-1, -2))
-    root1 = psd_sqrt(c1)
-    middle = root1 @ c2 @ root1
-    middle = 0.5 * (middle + middle.transpose(-1, -2))
-    cross = torch.linalg.eigvalsh(middle).clamp_min(0).sqrt().sum(-1)
-    traces = c1.diagonal(dim1=-2, dim2=-1).sum(-1) + c2.diagonal(dim1=-2, dim2=-1).sum(-1)
-    distance = (m1 - m2).pow(2).sum(-1) + traces - 2 * cross
-    return max(float(distance), 0.0)
+def require_torchmetrics() -> Any:
+    """torchmetrics' ``FrechetInceptionDistance`` class, or one clear line naming the extra."""
+    try:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+    except ImportError as error:
+        raise UserError(
+            "the Frechet distance (metric 'fd') needs torchmetrics, which omnivae depends on: pip install 'torchmetrics>=1.0'",
+            parameter="metrics",
+        ) from error
+    return FrechetInceptionDistance
 
 
-class RunningMoments:
-    """Mean and covariance of feature batches, accumulated without keeping the features.
+class FeatureExtractor(nn.Module):
+    """One modality's feature function as the ``feature`` module torchmetrics expects.
 
-    Holds the count, the sum and the sum of outer products (float64, on the features'
-    device), all shifted by the first batch's mean so that large offsets do not cancel
-    catastrophically. Leading axes of the features are kept as independent sets: features
-    ``[*K, N, F]`` update ``K`` sets at once.
-
-    Example:
-        >>> moments = RunningMoments()
-        >>> moments.update(torch.tensor([[0.0], [2.0]])); moments.update(torch.tensor([[4.0]]))
-        >>> moments.mean, moments.covariance
-        (tensor([2.], dtype=torch.float64), tensor([[4.]], dtype=torch.float64))
+    Returns float64 features, so that torchmetrics' result (cast back to the features'
+    dtype) stays in float64. ``num_features`` spares torchmetrics its probe forward pass
+    on a dummy Inception-sized image.
     """
 
-    def __init__(self) -> None:
-        self.count: Tensor | None = None
-        self.shift: Tensor | None = None
-        self.total: Tensor | None = None
-        self.outer: Tensor | None = None
+    def __init__(self, name: str, feature_fn: FeatureFn, num_features: int) -> None:
+        super().__init__()
+        self.name = name
+        self.feature_fn = feature_fn
+        self.num_features = num_features
 
-    def update(self, features: Tensor, mask: Tensor | None = None) -> None:
-        """Add features ``[*K, N, F]``; ``mask [*K, N]`` (optional) keeps only True rows."""
-        x = features.detach().to(torch.float64)
-        if self.shift is None:
-            self.shift = x.mean(-2) if x.shape[-2] else torch.zeros_like(x[..., 0, :])
-            self.count = torch.zeros(x.shape[:-2], dtype=torch.float64, device=x.device)
-            self.total = torch.zeros_like(self.shift)
-            self.outer = torch.zeros(*x.shape[:-2], x.shape[-1], x.shape[-1], dtype=torch.float64, device=x.device)
-        shift, count, total, outer = self._moments()
-        x = x - shift.unsqueeze(-2)
-        if mask is None:
-            weighted = x
-            count += x.shape[-2]
-        else:
-            weights = mask.to(x.device, torch.float64).unsqueeze(-1)
-            weighted = x * weights
-            count += weights.sum((-2, -1))
-        total += weighted.sum(-2)
-        outer += weighted.transpose(-1, -2) @ x
-
-    def _moments(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """``(shift, count, total, outer)``, updated in place by :meth:`update`."""
-        if self.shift is None or self.count is None or self.total is None or self.outer is None:
-            raise ValueError("RunningMoments has seen no features")
-        return self.shift, self.count, self.total, self.outer
-
-    @property
-    def mean(self) -> Tensor:
-        """The mean ``[*K, F]``."""
-        shift, count, total, _ = self._moments()
-        return shift + total / count.unsqueeze(-1)
-
-    @property
-    def covariance(self) -> Tensor:
-        """The unbiased covariance ``[*K, F, F]`` (``numpy.cov`` with ``ddof=1``)."""
-        _, counts, total, outer = self._moments()
-        centred = total / counts.unsqueeze(-1)
-        count = counts[..., None, None]
-        return (outer - count * centred.unsqueeze(-1) * centred.unsqueeze(-2)) / (count - 1)
+    def forward(self, x: Tensor) -> Tensor:
+        return self.feature_fn(self.name, x).reshape(x.shape[0], -1).to(torch.float64)
 
 
 def _classifier_features(classifiers: ModalityClassifiers) -> FeatureFn:
@@ -163,17 +106,20 @@ def generation_frechet(
     feature_fn: FeatureFn | None = None,
     targets: Sequence[str] | None = None,
     progress: bool = False,
+    latent_sampler: Callable[[int], Tensor] | None = None,
 ) -> dict:
     """Frechet distances between the test set and unconditional or conditional samples.
 
     Per target modality m, in m's feature space: the real test samples (rows where m is
-    observed) against (a) as many decoded prior samples as there are test samples and
-    (b) for every subset S not containing m, one decoded sample of q(z | x_S) per test
-    sample whose S is observed. One encoder pass per batch serves every subset (batch
-    shape ``[S, B]``), and every set is reduced to running moments on the fly.
+    observed) against (a) as many decoded latent samples (the prior, or ``latent_sampler``)
+    as there are test samples and (b) for every subset S not containing m, one decoded
+    sample of q(z | x_S) per test sample whose S is observed. One encoder pass per batch
+    serves every subset (batch shape ``[S, B]``). Each generated set is one torchmetrics
+    ``FrechetInceptionDistance``; the real features are accumulated once per target and
+    merged into each (``merge_state``).
 
-    Memory: one ``F x F`` float64 matrix per (subset, target) pair; with 2048-d Inception
-    features and 5 modalities that is 75 x 32 MiB, so restrict ``targets`` if needed.
+    Memory: two ``F x F`` float64 matrices per (subset, target) pair; with 2048-d Inception
+    features and 5 modalities that is 80 x 2 x 32 MiB, so restrict ``targets`` if needed.
 
     Args:
         model: The multimodal VAE.
@@ -188,16 +134,22 @@ def generation_frechet(
             :func:`load_inception_features`.
         targets: Target modalities to score (all by default).
         progress: Show a progress bar (batches, with ETA) on stderr.
+        latent_sampler: ``count -> z [count, D]`` replacing the prior for the
+            unconditional samples (a post-hoc sampler of :mod:`omnivae.latent_samplers`).
 
     Returns:
         ``{"unconditional": {target: fd}, "conditional": {"m0+m1": {"m2": fd}},
         "conditional_by_size": {"1": ..., ...}}``, the last averaging over targets per
         subset, then by subset size (Qiu et al. 2025, Fig. 3).
 
+    Raises:
+        UserError: without torchmetrics, features or a known target.
+
     References:
         Heusel et al., NeurIPS 2017 (FID). Sutter et al., ICLR 2021, Sec. 4 (FID of
         random and conditional generations per subset). Shi et al., NeurIPS 2019.
     """
+    fid_class = require_torchmetrics()
     if feature_fn is None:
         if classifiers is None:
             raise UserError("generation_frechet needs classifiers or a feature_fn for its feature space")
@@ -206,18 +158,18 @@ def generation_frechet(
     chosen = names if targets is None else list(targets)
     unknown = [t for t in chosen if t not in names]
     if unknown:
-        raise UserError(f"unknown target modalities {unknown}; the model has {names}")
+        raise UserError(f"unknown target modalities {unknown}; the model has {names}", parameter="targets")
     subsets, keys = all_subsets(names, device)
     generators = subset_targets(subsets)
-    real = {t: RunningMoments() for t in chosen}
-    prior = {t: RunningMoments() for t in chosen}
-    conditional = {t: RunningMoments() for t in chosen if generators[names.index(t)].numel()}
 
-    def features(name: str, samples: Tensor) -> Tensor:
-        """Features of samples ``[*L, N, *shape]`` as ``[*L, N, F]``."""
-        lead = samples.shape[: samples.dim() - len(model.modalities[names.index(name)].shape)]
-        out = feature_fn(name, samples.reshape(-1, *samples.shape[len(lead) :]))
-        return out.reshape(*lead, out.shape[-1])
+    extractors: dict[str, FeatureExtractor] = {}
+    real: dict[str, Any] = {}
+    prior: dict[str, Any] = {}
+    conditional: dict[str, list[Any]] = {}
+    counts: dict[str, Tensor] = {}  # rows per set: [real, prior, subsets...]
+
+    def metric(name: str) -> Any:
+        return fid_class(feature=extractors[name], normalize=False).to(device)
 
     bar = progress_bar(data.num_batches(batch_size), "fd", progress)
     with seeded(seed, device), evaluating(model), bar:
@@ -226,39 +178,54 @@ def generation_frechet(
             valid = conditioned_rows(subsets, observed)
             count = len(batch)
             z = model.subset_posteriors(batch.x, subsets).sample()  # [S, B, D]
-            z_prior = model.prior().sample(torch.Size([count])).to(z.device)
+            if latent_sampler is None:
+                z_prior = model.prior().sample(torch.Size([count])).to(z.device)
+            else:
+                z_prior = latent_sampler(count).to(z.device, z.dtype)
             unconditional = model.decode_mean(z_prior, chosen)
             for name in chosen:
                 m = names.index(name)
-                real[name].update(features(name, batch.x[name]), observed[m])
-                prior[name].update(features(name, unconditional[name]))
-                if name in conditional:
-                    rows = generators[m]
-                    generated = model.decode_mean(z[rows], [name])[name]
-                    conditional[name].update(features(name, generated), valid[rows])
+                rows = generators[m]
+                if name not in extractors:
+                    width = feature_fn(name, batch.x[name][:1]).reshape(1, -1).shape[1]
+                    extractors[name] = FeatureExtractor(name, feature_fn, width)
+                    real[name], prior[name] = metric(name), metric(name)
+                    conditional[name] = [metric(name) for _ in rows.tolist()]
+                    counts[name] = torch.zeros(2 + len(rows), dtype=torch.long)
+                keep = observed[m]
+                real[name].update(batch.x[name][keep], real=True)
+                prior[name].update(unconditional[name], real=False)
+                counts[name][0] += int(keep.sum())
+                counts[name][1] += count
+                if rows.numel():
+                    generated = model.decode_mean(z[rows], [name])[name]  # [S_m, B, *shape]
+                    for k, row in enumerate(rows.tolist()):
+                        keep = valid[row]
+                        if keep.any():
+                            conditional[name][k].update(generated[k][keep], real=False)
+                            counts[name][2 + k] += int(keep.sum())
             bar.update()
 
     result: dict = {"unconditional": {}, "conditional": {}}
     for name in chosen:
-        seen = real[name].count
-        if seen is None or float(seen) < 2:
+        if name not in real or int(counts[name][0]) < 2:
             continue
-        mu, cov = real[name].mean, real[name].covariance
-        result["unconditional"][name] = frechet_distance(mu, cov, prior[name].mean, prior[name].covariance)
-        if name not in conditional:
-            continue
-        moments = conditional[name]
-        gen_mu, gen_cov = moments.mean, moments.covariance
-        for row, s in enumerate(generators[names.index(name)].tolist()):
-            if moments.count is None or float(moments.count[row]) < 2:
+        result["unconditional"][name] = _distance(prior[name], real[name])
+        for k, s in enumerate(generators[names.index(name)].tolist()):
+            if int(counts[name][2 + k]) < 2:
                 continue
-            distance = frechet_distance(mu, cov, gen_mu[row], gen_cov[row])
-            result["conditional"].setdefault(keys[s], {})[name] = distance
+            result["conditional"].setdefault(keys[s], {})[name] = _distance(conditional[name][k], real[name])
     ordered = {key: result["conditional"][key] for key in keys if key in result["conditional"]}
     result["conditional"] = ordered
     means = {key: sum(v.values()) / len(v) for key, v in ordered.items()}
     result["conditional_by_size"] = mean_by_size(means)
     return result
+
+
+def _distance(generated: Any, real: Any) -> float:
+    """The FD of a metric holding only generated features, once given ``real``'s features."""
+    generated.merge_state(real)
+    return max(float(generated.compute()), 0.0)
 
 
 def load_inception_features(

@@ -29,6 +29,12 @@ def _by_size_table(title: str, by_size: Mapping[str, float]) -> str:
     return f"{title}\n\n" + table(["inputs", *sizes], [["mean", *[by_size[s] for s in sizes]]])
 
 
+def _latents(results: Mapping, metric: str) -> str:
+    """Where a metric's unconditional latents came from: the prior or a post-hoc sampler."""
+    sampler = (results.get("settings") or {}).get(metric, {}).get("latent_sampler", "prior")
+    return "prior" if sampler == "prior" else f"{sampler} sampler"
+
+
 def evaluation_markdown(results: Mapping, header: Mapping[str, object]) -> str:
     """The report of one run: a header, then one section per metric that was computed."""
     out = ["# omnivae evaluation", ""]
@@ -40,7 +46,8 @@ def evaluation_markdown(results: Mapping, header: Mapping[str, object]) -> str:
     if "coherence" in results:
         coherence = results["coherence"]
         out += ["", "## Coherence", "",
-                f"Joint coherence (prior samples, all classifiers agree): {fmt(coherence.get('joint'))}", ""]
+                f"Joint coherence ({_latents(results, 'coherence')} samples, all classifiers agree): "
+                f"{fmt(coherence.get('joint'))}", ""]
         out.append(_by_size_table("Conditional coherence by number of inputs (targets outside the subset):",
                                   coherence["by_size"]))
         rows = [[key, coherence["per_subset_mean"][key], *[f"{t}: {fmt(v)}" for t, v in targets.items()]]
@@ -52,6 +59,13 @@ def evaluation_markdown(results: Mapping, header: Mapping[str, object]) -> str:
         out += ["", "## Latent linear probe (test accuracy of logistic regression on posterior means)", "",
                 _by_size_table("By number of inputs:", probe["by_size"]), "",
                 table(["subset", "accuracy"], list(probe["per_subset"].items()))]
+    if "clustering" in results:
+        clusters = results["clustering"]
+        nmi, ari = clusters["nmi"], clusters["ari"]
+        out += ["", f"## Latent clustering (k-means, k = {clusters.get('num_clusters')}, on posterior means; "
+                "NMI and ARI against the labels)", "",
+                _by_size_table("NMI by number of inputs:", nmi["by_size"]), "",
+                table(["subset", "NMI", "ARI"], [[k, v, ari["per_subset"].get(k)] for k, v in nmi["per_subset"].items()])]
     if "likelihood" in results:
         lik = results["likelihood"]
         out += ["", f"## Log-likelihoods (importance sampling, K = {lik.get('num_samples')})", "",
@@ -68,7 +82,7 @@ def evaluation_markdown(results: Mapping, header: Mapping[str, object]) -> str:
     if "fd" in results:
         fd = results["fd"]
         out += ["", "## Frechet distance (in the coherence classifiers' feature space)", "",
-                table(["target", "unconditional"], list(fd["unconditional"].items()))]
+                table(["target", f"unconditional ({_latents(results, 'fd')} samples)"], list(fd["unconditional"].items()))]
         if "conditional_by_size" in fd:
             out += ["", _by_size_table("Conditional, by number of inputs:", fd["conditional_by_size"])]
     if "recon" in results:
