@@ -267,6 +267,6 @@ def test_cli_unknown_backend(npz, tmp_path, capsys):
     argv = ["train", "--dataset", f"npz:{npz}", *TINY, "--out", str(tmp_path / "run"), "--track", "tensorboard,comet"]
     assert main(argv) == 2
     assert capsys.readouterr().err.strip() == (
-        "omnivae: error: unknown tracking backend 'comet'; choose one of: mlflow, tensorboard, wandb"
+        "omnivae: error: unknown tracking backend 'comet'; choose one of: mlflow, tensorboard, wandb (flag: --track)"
     )
     assert not (tmp_path / "run").exists()

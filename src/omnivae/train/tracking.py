@@ -365,8 +365,7 @@ def check_installed(names: Sequence[str]) -> None:
         if importlib.util.find_spec(package) is None:
             raise UserError(
                 f"tracking with {name} needs the {package} package, which is not installed; "
-                f"install the tracking extra: {INSTALL}",
-                parameter="track",
+                f"install the tracking extra: {INSTALL}"
             )
 
 
