@@ -15,6 +15,12 @@ name                      barycenter of a subset          subsets mixed
 ``mwb``                   2-Wasserstein barycenter        all non-empty subsets
 ========================  ==============================  ==========================
 
+Barycentric weights (:class:`BarycentricWeights`) are a component of ``poe``, ``mopoe``,
+``wb`` and ``mwb``: uniform (the default, and exactly the unweighted aggregators), fixed per
+modality, learned per modality (:class:`LearnedWeights`) or per sample from the experts'
+parameters (:class:`AttentionWeights`). They are renormalised over the observed members of
+each subset, and their gradient flows through the closed forms.
+
 Masked modalities drop out of every barycenter through ``torch.where`` and receive
 exactly zero gradient. ``infer`` gives the posterior used to represent or condition on
 an observed set; for subset mixtures it is the barycenter of the whole observed set, as
@@ -24,6 +30,7 @@ mixture instead.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -42,11 +49,127 @@ __all__ = [
     "MixtureOfProductsOfExperts",
     "MixtureOfBarycenters",
     "PriorDividedProduct",
+    "BarycentricWeights",
+    "FixedWeights",
+    "LearnedWeights",
+    "AttentionWeights",
+    "WEIGHTS",
+    "WEIGHTED_AGGREGATORS",
+    "build_weights",
     "AGGREGATORS",
     "build_aggregator",
 ]
 
 Covariance = Literal["diag", "full"]
+
+
+class BarycentricWeights(nn.Module):
+    """Unnormalised barycentric weights lambda ``[M, *B]`` of the experts given their mask.
+
+    The aggregators renormalise them over the observed members of each subset
+    (:func:`~omnivae.functional.normalize_weights`), so a masked expert gets weight zero,
+    and, because it is replaced before any arithmetic, zero gradient.
+    """
+
+    def forward(self, experts: GaussianExperts, mask: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class FixedWeights(BarycentricWeights):
+    """Given weights per modality ``[M]`` (non-negative, not all zero); not trained."""
+
+    weights: Tensor
+
+    def __init__(self, weights: Tensor | Sequence[float]) -> None:
+        super().__init__()
+        w = torch.as_tensor(weights, dtype=torch.get_default_dtype())
+        if w.dim() != 1 or not bool((w >= 0).all()) or not bool(w.sum() > 0) or not bool(torch.isfinite(w).all()):
+            raise UserError(f"weights must be non-negative finite numbers, one per modality, not all zero; got {w.tolist()}",
+                            parameter="weights")
+        self.register_buffer("weights", w)
+
+    def forward(self, experts: GaussianExperts, mask: Tensor) -> Tensor:
+        if self.weights.shape[0] != mask.shape[0]:
+            raise UserError(f"weights has {self.weights.shape[0]} entries for {mask.shape[0]} modalities", parameter="weights")
+        return self.weights
+
+
+class LearnedWeights(BarycentricWeights):
+    """Learned weights per modality: lambda = softmax(theta), theta ``[M]`` initialised to 0 (uniform).
+
+    Renormalising a softmax over the observed members gives the softmax over them.
+    """
+
+    def __init__(self, num_modalities: int) -> None:
+        super().__init__()
+        self.logits = nn.Parameter(torch.zeros(num_modalities))
+
+    def forward(self, experts: GaussianExperts, mask: Tensor) -> Tensor:
+        return torch.softmax(self.logits, 0)
+
+
+class AttentionWeights(BarycentricWeights):
+    """Weights per sample: a small MLP scores each expert's (mu_m, log sigma_m), softmax over the observed.
+
+    The same MLP scores every member, so the weights are permutation-equivariant over the
+    modalities: they depend on what an expert says, not on which modality it is. The last
+    layer starts at zero, so training starts from uniform weights.
+
+    Args:
+        latent_dim: D, the size of mu_m and sigma_m.
+        hidden: Width of the MLP's hidden layer.
+    """
+
+    def __init__(self, latent_dim: int, hidden: int = 32) -> None:
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(2 * latent_dim, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+        last = self.score[-1]
+        assert isinstance(last, nn.Linear)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+
+    def forward(self, experts: GaussianExperts, mask: Tensor) -> Tensor:
+        m = mask.unsqueeze(-1)
+        zero = torch.zeros((), dtype=experts.loc.dtype, device=experts.loc.device)
+        # Masked experts are replaced before the MLP, so they receive exactly zero gradient.
+        loc = torch.where(m, experts.loc, zero)
+        log_scale = torch.where(m, experts.scale, torch.ones_like(zero)).log()
+        score = self.score(torch.cat([loc, log_scale], -1)).squeeze(-1)  # [M, *B]
+        score = torch.where(mask, score, zero)
+        top = torch.where(mask, score, torch.full_like(score, -torch.inf)).amax(0, keepdim=True)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # rows with nothing observed
+        return torch.where(mask, (score - top).exp(), zero)
+
+
+WEIGHTS = ("uniform", "learned", "attention")
+"""The kinds of barycentric weights by name; a comma-separated list of numbers gives fixed weights."""
+
+
+def build_weights(kind: str, num_modalities: int, latent_dim: int) -> BarycentricWeights | None:
+    """Weights by name (``uniform`` gives None: the unweighted aggregator), or fixed from ``"0.5,1,..."``."""
+    if kind == "uniform":
+        return None
+    if kind == "learned":
+        return LearnedWeights(num_modalities)
+    if kind == "attention":
+        return AttentionWeights(latent_dim)
+    try:
+        values = [float(v) for v in kind.split(",")]
+    except ValueError:
+        raise UserError(
+            f"unknown aggregator_weights {kind!r}; choose from {', '.join(WEIGHTS)} or give one number per modality",
+            parameter="aggregator_weights",
+        ) from None
+    if len(values) != num_modalities:
+        raise UserError(f"aggregator_weights gives {len(values)} numbers for {num_modalities} modalities",
+                        parameter="aggregator_weights")
+    return FixedWeights(values)
+
+
+def _as_weights(weights: Tensor | Sequence[float] | BarycentricWeights | None) -> BarycentricWeights | None:
+    if weights is None or isinstance(weights, BarycentricWeights):
+        return weights
+    return FixedWeights(weights)
 
 
 class Aggregator(nn.Module):
@@ -81,6 +204,8 @@ class ProductOfExperts(Aggregator):
 
     Args:
         prior_expert: Include N(0, I) as an expert, as MVAE does (Wu & Goodman 2018, Sec. 3).
+        weights: Barycentric weights (:class:`BarycentricWeights`, or numbers per modality);
+            None is the plain product. See :func:`~omnivae.functional.poe`.
 
     Example:
         >>> experts = GaussianExperts(torch.zeros(2, 4, 3), torch.ones(2, 4, 3))
@@ -89,14 +214,16 @@ class ProductOfExperts(Aggregator):
         torch.Size([4, 3])
     """
 
-    def __init__(self, prior_expert: bool = True) -> None:
+    def __init__(self, prior_expert: bool = True, weights: Tensor | Sequence[float] | BarycentricWeights | None = None) -> None:
         super().__init__()
         self.prior_expert = prior_expert
+        self.weights = _as_weights(weights)
 
     def combine(self, experts: GaussianExperts, mask: Tensor) -> Distribution:
         if not experts.is_diagonal:
             raise UserError("the product of experts needs diagonal covariances; use covariance='diag'", parameter="covariance")
-        loc, var = poe(experts.loc, experts.var, mask, prior_expert=self.prior_expert)
+        lam = None if self.weights is None else self.weights(experts, mask)
+        loc, var = poe(experts.loc, experts.var, mask, prior_expert=self.prior_expert, weights=lam)
         return diagonal_normal(loc, var.sqrt())
 
 
@@ -108,26 +235,26 @@ class WassersteinBarycenter(Aggregator):
     (``experts.cov_factor`` set) it solves the Bures-Wasserstein fixed point of Eq. 6.
 
     Args:
-        weights: Barycentric weights lambda_m ``[M]``; uniform over the observed when None.
+        weights: Barycentric weights lambda_m: a :class:`BarycentricWeights` (fixed, learned
+            or per sample) or numbers per modality ``[M]``; uniform over the observed when None.
         iters: Fixed-point iterations for full covariances. From the commuting-case start
             of :func:`~omnivae.functional.bures_wasserstein_barycenter`, 8 iterations
             reach float32 precision for rank-2-plus-diagonal experts (relative error
             1.9e-6 against 200 iterations; M=5, D=32), so 10 is the default.
     """
 
-    weights: Tensor | None  # a buffer, so that it follows the model's device
-
-    def __init__(self, weights: Tensor | None = None, iters: int = 10) -> None:
+    def __init__(self, weights: Tensor | Sequence[float] | BarycentricWeights | None = None, iters: int = 10) -> None:
         super().__init__()
-        self.register_buffer("weights", None if weights is None else torch.as_tensor(weights))
+        self.weights = _as_weights(weights)
         self.iters = iters
 
     def combine(self, experts: GaussianExperts, mask: Tensor) -> Distribution:
+        lam = None if self.weights is None else self.weights(experts, mask)
         if experts.is_diagonal:
-            loc, std = wasserstein_barycenter(experts.loc, experts.scale, self.weights, mask)
+            loc, std = wasserstein_barycenter(experts.loc, experts.scale, lam, mask)
             return diagonal_normal(loc, std)
         loc, cov = bures_wasserstein_barycenter(
-            experts.loc, experts.covariance(), self.weights, mask, iters=self.iters, tol=None
+            experts.loc, experts.covariance(), lam, mask, iters=self.iters, tol=None
         )
         return MultivariateNormal(loc, covariance_matrix=cov, validate_args=False)
 
@@ -160,14 +287,18 @@ class MixtureOfProductsOfExperts(ProductOfExperts):
             defines each subset posterior as the product of its unimodal posteriors.
         inference: ``"barycenter"`` conditions on an observed set with its PoE (as MoPoE's
             evaluation); ``"mixture"`` keeps the mixture over its subsets.
+        weights: Barycentric weights within each subset, as for :class:`ProductOfExperts`.
     """
 
     subsets = "all"
 
     def __init__(
-        self, prior_expert: bool = False, inference: Literal["barycenter", "mixture"] = "barycenter"
+        self,
+        prior_expert: bool = False,
+        inference: Literal["barycenter", "mixture"] = "barycenter",
+        weights: Tensor | Sequence[float] | BarycentricWeights | None = None,
     ) -> None:
-        super().__init__(prior_expert=prior_expert)
+        super().__init__(prior_expert=prior_expert, weights=weights)
         self.inference = inference
 
 
@@ -185,7 +316,7 @@ class MixtureOfBarycenters(WassersteinBarycenter):
 
     def __init__(
         self,
-        weights: Tensor | None = None,
+        weights: Tensor | Sequence[float] | BarycentricWeights | None = None,
         iters: int = 10,
         inference: Literal["barycenter", "mixture"] = "barycenter",
     ) -> None:
@@ -200,6 +331,10 @@ AGGREGATORS: dict[str, type[Aggregator]] = {
     "wb": WassersteinBarycenter,
     "mwb": MixtureOfBarycenters,
 }
+
+
+WEIGHTED_AGGREGATORS = ("poe", "mopoe", "wb", "mwb")
+"""The aggregators that take barycentric weights (a mixture of single experts does not)."""
 
 
 def build_aggregator(name: str, **kwargs: Any) -> Aggregator:

@@ -153,7 +153,7 @@ def run_benchmark(
     header = {"dataset": dataset, "seeds": seeds, "models": ", ".join(models),
               **({"betas": ", ".join(f"{b:g}" for b in betas)} if betas is not None else {}),
               "epochs": train_options.get("epochs"), "metrics": ", ".join(eval_options.metrics)}
-    for key in ("aggregator",):
+    for key in ("aggregator", "aggregator_weights"):
         if model_options.get(key) is not None:
             header[key] = model_options[key]
     if model_options.get("options"):

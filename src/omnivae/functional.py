@@ -51,6 +51,7 @@ def poe(
     var: Tensor,
     mask: Tensor | None = None,
     prior_expert: bool = True,
+    weights: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Product of Gaussian experts, optionally with a standard normal prior expert.
 
@@ -63,6 +64,12 @@ def poe(
         var: Expert variances ``[M, *B, D]``, positive.
         mask: ``[M, *B]`` booleans; False experts are left out. ``None`` keeps all.
         prior_expert: Multiply in N(0, I) as one more expert.
+        weights: Weights lambda_m, ``[M]`` or ``[M, *B]``, renormalised over the observed
+            experts; ``None`` gives the plain product. Expert m then enters with precision
+            n * lambda_m / var_m, n the number of observed experts: the weighted geometric
+            mean prod_m q_m^lambda_m (the reverse-KL barycenter with weights lambda, Qiu
+            et al. 2025, Theorem 1) raised to the power n, so that uniform weights give
+            the plain product (the prior expert keeps weight 1).
 
     Returns:
         ``(mu, var)`` of the product, each ``[*B, D]``. A row with no expert at all (every
@@ -83,6 +90,10 @@ def poe(
         precision = torch.where(m, var.reciprocal(), zero)
     else:
         precision = var.reciprocal()
+    if weights is not None:
+        lam = normalize_weights(weights, mask, mu.shape[:-1], mu.dtype, mu.device)
+        count = lam.new_tensor(mu.shape[0]) if mask is None else mask.sum(0, keepdim=True).to(mu.dtype)
+        precision = precision * (lam * count).unsqueeze(-1)
     weighted_mu = mu * precision
     total_precision = precision.sum(0)
     total_eta = weighted_mu.sum(0)

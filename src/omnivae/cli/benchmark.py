@@ -35,6 +35,8 @@ def add_benchmark(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--latent-dim", type=int, help="latent size of every model (default 32)")
     p.add_argument("--beta", type=finite_float, help="weight of the KL term of every model (default 1)")
     p.add_argument("--aggregator", help="swap every model's aggregation: poe, moe, mopoe, wb, mwb (default: each model's own)")
+    p.add_argument("--aggregator-weights", help="barycentric weights of poe, mopoe, wb, mwb: uniform, learned (per "
+                   "modality), attention (per sample) or one number per modality, comma separated (default uniform)")
     p.add_argument("--set", dest="set_options", action="append", metavar="KEY=VALUE",
                    help="a method-specific option (repeatable), given to the models that have KEY; "
                    "'omnivae models' lists them")
@@ -81,7 +83,7 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     if not models:
         raise UserError(f"--models {args.models!r} names no model; give comma-separated names such as poe,mwb (see 'omnivae models')")
     model_options: dict[str, Any] = {}
-    for key in ("latent_dim", "beta", "backbone", "aggregator"):
+    for key in ("latent_dim", "beta", "backbone", "aggregator", "aggregator_weights"):
         if getattr(args, key) is not None:
             model_options[key] = getattr(args, key)
     if args.hidden is not None:

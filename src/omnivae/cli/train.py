@@ -28,6 +28,8 @@ def add_train(sub: argparse._SubParsersAction[Parser]) -> None:
     p.add_argument("--dataset", help=f"dataset name, npz:FILE, csv:DIR or hdf5:FILE (default {DEFAULT_TRAIN_DATASET}; see 'omnivae datasets')")
     p.add_argument("--data-dir", help="folder with a dataset's real files, where it needs them")
     p.add_argument("--aggregator", help="swap the model's aggregation: poe, moe, mopoe, wb, mwb")
+    p.add_argument("--aggregator-weights", help="barycentric weights of poe, mopoe, wb, mwb: uniform, learned (per "
+                   "modality), attention (per sample) or one number per modality, comma separated (default uniform)")
     p.add_argument("--epochs", type=int, help="training epochs (default 10)")
     p.add_argument("--latent-dim", type=int, help="latent size (default 32)")
     p.add_argument("--beta", type=finite_float, help="weight of the KL term (default 1)")

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
-from omnivae.aggregators import AGGREGATORS
+from omnivae.aggregators import AGGREGATORS, WEIGHTED_AGGREGATORS, WEIGHTS
 from omnivae.configs import type_problem
 from omnivae.errors import UserError, unknown_name
 from omnivae.models.options import MethodOptions, build_options
@@ -36,6 +36,10 @@ class ModelConfig:
     have them, and :meth:`to_json` writes them inside ``options``.
     ``joint_encoder`` is the joint encoder of JMVAE and JNF, ``"heads"`` (heads and a
     merging MLP) or ``"concat"`` (heads only), see :func:`omnivae.nn.build_joint_encoder`.
+    ``aggregator_weights`` are the barycentric weights of the ``poe``, ``mopoe``, ``wb`` and
+    ``mwb`` aggregators: ``"uniform"`` (the unweighted aggregator), ``"learned"`` (one per
+    modality), ``"attention"`` (per sample) or one number per modality, comma separated
+    (:func:`omnivae.aggregators.build_weights`).
     """
 
     model: str = "mwb"
@@ -55,6 +59,7 @@ class ModelConfig:
     alpha: float | None = None
     tc_ratio: float | None = None
     joint_encoder: str = "heads"
+    aggregator_weights: str = "uniform"
     options: dict[str, Any] = field(default_factory=dict)
     """Method-specific settings (``--set KEY=VALUE``), checked against the recipe's
     typed options; read them with :meth:`settings` or :meth:`option`."""
@@ -100,8 +105,34 @@ class ModelConfig:
             raise UserError(f"the covariance rank must be >= 1, got {self.rank}", parameter="rank")
         if self.joint_encoder not in JOINT_ENCODERS:
             raise unknown_name("joint encoder", self.joint_encoder, JOINT_ENCODERS)
+        self._check_aggregator_weights()
         self._check_unused_legacy_fields()
         self.settings()
+
+    def _check_aggregator_weights(self) -> None:
+        """Weights are a known kind or numbers, and only for a model whose aggregation takes them."""
+        kind = self.aggregator_weights
+        if kind == "uniform":
+            return
+        if kind not in WEIGHTS:
+            try:
+                values = [float(v) for v in kind.split(",")]
+            except ValueError:
+                raise UserError(
+                    f"unknown aggregator_weights {kind!r}; choose from {', '.join(WEIGHTS)} or give one number per modality",
+                    parameter="aggregator_weights",
+                ) from None
+            if not all(math.isfinite(v) and v >= 0 for v in values) or not sum(values) > 0:
+                raise UserError(f"aggregator_weights must be non-negative numbers, not all zero; got {kind!r}",
+                                parameter="aggregator_weights")
+        recipe = MODELS[self.model]
+        name = self.aggregator or recipe.aggregator
+        if not recipe.swappable or name not in WEIGHTED_AGGREGATORS:
+            raise UserError(
+                f"aggregator_weights={kind!r} needs one of the aggregators {', '.join(WEIGHTED_AGGREGATORS)}; "
+                f"{self.model} aggregates with {name}",
+                parameter="aggregator_weights",
+            )
 
     def _check_unused_legacy_fields(self) -> None:
         """A legacy top-level setting the model does not use is still checked, by the method

@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import torch
 from torch import nn
 
-from omnivae.aggregators import Aggregator, build_aggregator
+from omnivae.aggregators import (
+    WEIGHTED_AGGREGATORS,
+    Aggregator,
+    ProductOfExperts,
+    WassersteinBarycenter,
+    build_aggregator,
+    build_weights,
+)
 from omnivae.errors import UserError
 from omnivae.modalities import ModalitySpec
 from omnivae.models.base import MultimodalVAE
@@ -144,8 +151,16 @@ class ModelParts:
         """The configured aggregator: the recipe's own unless another one is named."""
         name = self.config.aggregator or self.recipe.aggregator
         if name == self.recipe.aggregator and self.recipe.aggregator_factory is not None:
-            return self.recipe.aggregator_factory()
-        return build_aggregator(name)
+            aggregator = self.recipe.aggregator_factory()
+        else:
+            aggregator = build_aggregator(name)
+        weights = build_weights(self.config.aggregator_weights, len(self.modalities), self.config.latent_dim)
+        if weights is not None:
+            if not isinstance(aggregator, (ProductOfExperts, WassersteinBarycenter)):
+                raise UserError(f"aggregator_weights needs a weighted aggregator ({', '.join(WEIGHTED_AGGREGATORS)}); "
+                                f"{self.config.model} aggregates with {name}", parameter="aggregator_weights")
+            aggregator.weights = weights
+        return aggregator
 
     def prior(self) -> nn.Module:
         """p(z) over ``latent_dim`` dimensions, by the configured name."""
