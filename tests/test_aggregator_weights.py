@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers import MODALITIES, tiny_config, write_tiny_npz
+
 from omnivae.aggregators import (
     AttentionWeights,
     FixedWeights,
