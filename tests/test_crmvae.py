@@ -120,7 +120,7 @@ def test_kl_weight_zero_leaves_the_reconstructions_alone():
     x, mask = tiny_batch(6), torch.ones(3, 6, dtype=torch.bool)
     torch.manual_seed(2)
     silent = objective(model, x, mask, kl_weight=0.0)
-    expected = (silent.terms["rec"] + silent.terms["rec_unimodal"]) / (2 * (3 + 1))
+    expected = (silent.terms["rec"] + silent.terms["rec_unimod"]) / (2 * (3 + 1))
     torch.testing.assert_close(silent.loss, expected, rtol=1e-6, atol=1e-6)
     torch.manual_seed(2)
     assert objective(model, x, mask, kl_weight=1.0).loss > silent.loss

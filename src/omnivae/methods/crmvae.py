@@ -80,7 +80,7 @@ class CRMVAELoss(Objective):
         )
         terms = {
             "rec": -rec_joint.mean(),
-            "rec_unimodal": -rec_unimodal.mean(),
+            "rec_unimod": -rec_unimodal.mean(),
             "kl": kl.mean(),
             "kl_unimodal": kl_unimodal.mean(),
         }
