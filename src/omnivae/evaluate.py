@@ -18,9 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from omnivae.data import load_dataset
 from omnivae.data.base import MultimodalDataset
+from omnivae.data.torch_data import TorchData, draw_rows
 from omnivae.errors import DataError, UserError, unknown_name
 from omnivae.fileio import atomic_write_bytes
 from omnivae.metrics.common import all_subsets
@@ -200,6 +202,34 @@ def _rows(data: MultimodalDataset, count: int | str, seed: int) -> MultimodalDat
     return data.subset(torch.randperm(len(data), generator=generator)[: int(count)].sort().values)
 
 
+def _count(value: int | str | None) -> int | None:
+    """A filled row count as :func:`draw_rows` takes it: None for :data:`ALL`."""
+    return None if _row_count(value) == ALL else int(_row_count(value))
+
+
+def _sources(
+    run: LoadedRun, **given: MultimodalDataset | TorchData | Dataset | DataLoader | None
+) -> dict[str, MultimodalDataset | TorchData]:
+    """The ``train`` and ``test`` data of :func:`evaluate_run`, each in memory or a
+    :class:`TorchData` with the run's modalities; both are needed."""
+    out: dict[str, MultimodalDataset | TorchData] = {}
+    expected = [m.to_json() for m in run.modalities]
+    for parameter, source in given.items():
+        if source is None:
+            raise UserError(f"{parameter} is missing; give both train and test data, or neither to evaluate "
+                            "on the run's dataset", parameter=parameter)
+        if isinstance(source, (Dataset, DataLoader)):
+            source = TorchData(source, run.modalities, name=f"{parameter} data")
+        if not isinstance(source, (MultimodalDataset, TorchData)):
+            raise UserError(f"{parameter} must be a MultimodalDataset, TorchData, torch Dataset or DataLoader, "
+                            f"got {type(source).__name__}", parameter=parameter)
+        if [m.to_json() for m in source.modalities] != expected:
+            raise UserError(f"{parameter} has modalities {[m.to_json() for m in source.modalities]}, but the run "
+                            f"was trained on {expected}", parameter=parameter)
+        out[parameter] = source
+    return out
+
+
 def _model_digest(model: torch.nn.Module) -> str:
     """SHA-256 of the model's parameters and buffers: which model earlier results belong to."""
     digest = hashlib.sha256()
@@ -232,11 +262,29 @@ def merge_results(previous: Mapping | None, new: Mapping, computed: Sequence[str
     return merged
 
 
-def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dict:
+def evaluate_run(
+    run_dir: str | Path,
+    options: EvalOptions | None = None,
+    *,
+    train: MultimodalDataset | TorchData | Dataset | DataLoader | None = None,
+    test: MultimodalDataset | TorchData | Dataset | DataLoader | None = None,
+) -> dict:
     """Compute the metrics of a run and write ``eval.json``, ``report.md`` and ``figures/``.
 
     Metrics already in ``eval.json`` and not recomputed now are kept
     (:func:`merge_results`); every metric records its settings, protocol, time and date.
+
+    The data are the run's dataset (``load_dataset``), or ``train`` and ``test`` when given:
+    in-memory datasets, or streamed ones (:class:`~omnivae.data.torch_data.TorchData`, a
+    map-style ``Dataset`` or a ``DataLoader`` over one, of ``{modality: tensor}`` dicts).
+    From a stream the evaluation reads into memory only the rows the protocol uses
+    (:func:`~omnivae.data.torch_data.draw_rows`, seeded as the in-memory draw): ``num_test``
+    and ``likelihood_num_test`` test rows, and ``num_train`` training rows, which then serve
+    the probe, the coherence/FD classifiers and a fitted latent sampler (in memory the
+    classifiers train on the whole split, so with ``num_train`` below the split's length
+    coherence and FD differ from the in-memory numbers; probe, recon, likelihood and
+    clustering are the same). A count whose rows exceed ``OMNIVAE_MAX_LOAD_GB`` is refused
+    up front, naming the setting (``paper`` draws every row).
     """
     from omnivae.metrics import (
         conditional_coherence,
@@ -259,11 +307,26 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     settings = options.resolved()
     device = resolve_device(options.device)
     run = load_run(run_dir, device=device)
-    data = load_dataset(run.dataset_name, data_dir=options.data_dir or run.data_dir)
-    if [m.to_json() for m in data.modalities] != [m.to_json() for m in run.modalities]:
-        raise UserError(f"dataset {run.dataset_name!r} no longer has the modalities the run was trained on")
+    train_rows = None if settings.num_train == ALL else int(_row_count(settings.num_train))
+    if train is None and test is None:
+        data = load_dataset(run.dataset_name, data_dir=options.data_dir or run.data_dir)
+        if [m.to_json() for m in data.modalities] != [m.to_json() for m in run.modalities]:
+            raise UserError(f"dataset {run.dataset_name!r} no longer has the modalities the run was trained on")
+        streams: dict[str, MultimodalDataset | TorchData] = {"train": data.train, "test": data.test}
+    else:
+        streams = _sources(run, train=train, test=test)
+    streamed = any(isinstance(source, TorchData) for source in streams.values())
+    test_length = len(streams["test"])
+    if not streamed:
+        train_split, test_split = streams["train"], streams["test"]
+        assert isinstance(train_split, MultimodalDataset) and isinstance(test_split, MultimodalDataset)
+        probe_rows = train_rows  # the probe draws them
+    else:
+        train_split = draw_rows(streams["train"], train_rows, options.seed, sort=False, parameter="num_train")
+        test_split = draw_rows(streams["test"], _count(settings.num_test), options.seed)
+        probe_rows = None  # drawn above, in the probe's order
     labelled = [name for name in options.metrics if name in NEEDS_LABELS]
-    if labelled and (data.test.labels is None or data.train.labels is None):
+    if labelled and (test_split.labels is None or train_split.labels is None):
         rest = [name for name in options.metrics if name not in NEEDS_LABELS]
         fix = f"or evaluate with metrics={','.join(rest)!r}" if rest else "or pick metrics that need none (likelihood, recon)"
         raise DataError(
@@ -271,8 +334,8 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
             f"{run.dataset_name!r} has none; add labels to the data {fix}", parameter="metrics"
         )
     for name in labelled:
-        require_labels(data.test, name)
-    if "clustering" in options.metrics and data.test.labels is not None and data.test.labels.dim() > 1:
+        require_labels(test_split, name)
+    if "clustering" in options.metrics and test_split.labels is not None and test_split.labels.dim() > 1:
         if tuple(options.metrics) != METRICS:
             raise DataError(f"the clustering metric needs one class per row, and dataset {run.dataset_name!r} "
                             "has several labels per row; leave clustering out of the metrics")
@@ -283,9 +346,15 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
     torch.manual_seed(options.seed)
     progress = options.progress
-    test = _rows(data.test, _row_count(settings.num_test), options.seed)
-    likelihood_test = _rows(data.test, _row_count(settings.likelihood_num_test), options.seed)
-    train_rows = None if settings.num_train == ALL else int(_row_count(settings.num_train))
+    if not streamed:
+        test_rows = _rows(test_split, _row_count(settings.num_test), options.seed)
+        likelihood_test = _rows(test_split, _row_count(settings.likelihood_num_test), options.seed)
+    else:
+        test_rows = test_split
+        likelihood_test = test_split
+        if "likelihood" in options.metrics and settings.likelihood_num_test != settings.num_test:
+            likelihood_test = draw_rows(streams["test"], _count(settings.likelihood_num_test), options.seed,
+                                        parameter="likelihood_num_test")
     results: dict = {}
     timings: dict[str, float] = {}
     sampler: dict[str, dict[str, float]] = {}
@@ -295,7 +364,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     if any(m in options.metrics for m in ("coherence", "fd")):
         started = time.perf_counter()
         classifiers = get_classifiers(
-            run.dataset_name, data.train, data.test, epochs=_given(settings.classifier_epochs),
+            run.dataset_name, train_split, test_split, epochs=_given(settings.classifier_epochs),
             batch_size=_given(settings.classifier_batch_size), seed=options.seed, device=device, progress=progress,
         )
         if device.type == "cpu":
@@ -310,7 +379,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         from omnivae.latent_samplers import run_latent_sampler
 
         latent_sampler = run_latent_sampler(
-            run, run_dir, options.sampler, data.train, data_dir=options.data_dir,
+            run, run_dir, options.sampler, train_split, data_dir=options.data_dir,
             log=(lambda line: print(line, file=sys.stderr)) if progress else None,
         )
     sampled = {"latent_sampler": options.sampler}
@@ -330,20 +399,20 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         started = time.perf_counter()
         model.reset_sampler_statistics()
         assert classifiers is not None  # trained above for coherence
-        coherence = conditional_coherence(model, test, classifiers, seed=options.seed, progress=progress, **common)
+        coherence = conditional_coherence(model, test_rows, classifiers, seed=options.seed, progress=progress, **common)
         coherence["joint"] = joint_coherence(
             model, classifiers, num_samples=_given(settings.joint_coherence_samples), seed=options.seed,
             progress=progress, latent_sampler=latent_sampler, **common,
         )
         results["coherence"] = coherence
-        record("coherence", started, test, **sampled)
+        record("coherence", started, test_rows, **sampled)
     if "probe" in options.metrics:
         started = time.perf_counter()
         model.reset_sampler_statistics()
         results["probe"] = linear_probe(
-            model, data.train, test, num_train=train_rows, seed=options.seed, progress=progress, **common
+            model, train_split, test_rows, num_train=probe_rows, seed=options.seed, progress=progress, **common
         )
-        record("probe", started, test, train_rows=min(train_rows or len(data.train), len(data.train)))
+        record("probe", started, test_rows, train_rows=min(probe_rows or len(train_split), len(train_split)))
     if "likelihood" in options.metrics:
         started = time.perf_counter()
         model.reset_sampler_statistics()
@@ -364,20 +433,20 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
             assert classifiers is not None  # trained above for fd
             feature_fn = image_features(load_inception_features(options.inception), classifiers, run.modalities)
         results["fd"] = generation_frechet(
-            model, test, classifiers, seed=options.seed, feature_fn=feature_fn, progress=progress,
+            model, test_rows, classifiers, seed=options.seed, feature_fn=feature_fn, progress=progress,
             latent_sampler=latent_sampler, **common
         )
-        record("fd", started, test, **sampled, **({"inception": options.inception} if options.inception else {}))
+        record("fd", started, test_rows, **sampled, **({"inception": options.inception} if options.inception else {}))
     if "recon" in options.metrics:
         started = time.perf_counter()
         model.reset_sampler_statistics()
-        results["recon"] = reconstruction_error(model, test, progress=progress, **common)
-        record("recon", started, test)
+        results["recon"] = reconstruction_error(model, test_rows, progress=progress, **common)
+        record("recon", started, test_rows)
     if "clustering" in options.metrics:
         started = time.perf_counter()
         model.reset_sampler_statistics()
-        results["clustering"] = latent_clustering(model, test, seed=options.seed, progress=progress, **common)
-        record("clustering", started, test)
+        results["clustering"] = latent_clustering(model, test_rows, seed=options.seed, progress=progress, **common)
+        record("clustering", started, test_rows)
     results["seconds"] = timings
     results["settings"] = recorded
     if sampler:
@@ -388,7 +457,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         "model": run.model_config.model,
         "aggregator": run.model_config.aggregator or "default",
         "dataset": run.dataset_name,
-        "test samples": len(data.test),
+        "test samples": test_length,
         "epochs trained": run.train_config.epochs,
         "model sha256": _model_digest(model),
     }
@@ -401,7 +470,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
               file=sys.stderr)
     results = merge_results(previous, results, options.metrics)
     if options.figures:
-        results["figures"] = draw_figures(run, data.test, results, path / "figures", options.seed)
+        results["figures"] = draw_figures(run, test_split, results, path / "figures", options.seed)
     atomic_write_json(path / "eval.json", results)
     atomic_write_bytes(path / "report.md", evaluation_markdown(results, header).encode())
     return results
