@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from helpers import MODALITIES, NAMES, tiny_arrays, tiny_config
+
 from omnivae.data import DatasetSplits, MultimodalDataset
 from omnivae.data.torch_data import ArrayDataset, TorchData, draw_rows
 from omnivae.errors import UserError
