@@ -22,8 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from omnivae.data import load_dataset
 from omnivae.data.base import MultimodalDataset
-from omnivae.data.torch_data import TorchData, draw_rows
+from omnivae.data.torch_data import TorchData
 from omnivae.errors import DataError, UserError, unknown_name
+from omnivae.eval_data import ALL, evaluation_rows
 from omnivae.fileio import atomic_write_bytes
 from omnivae.metrics.common import all_subsets
 from omnivae.report import evaluation_markdown, latent_map, metric_curves, sample_grid
@@ -44,8 +45,6 @@ __all__ = ["METRICS", "PROTOCOLS", "ALL", "EvalOptions", "evaluate_run", "merge_
 METRICS = ("coherence", "probe", "likelihood", "fd", "recon", "clustering")
 NEEDS_LABELS = ("coherence", "probe", "fd", "clustering")
 PROTOCOL_NAMES = ("fast", "paper")
-#: A row count meaning every row of the split.
-ALL = "all"
 
 #: The settings each protocol gives the options left unset. ``paper`` is the published
 #: protocols: K = 1,000 importance samples on every test row (IWAE, Burda et al. 2016;
@@ -188,48 +187,6 @@ def _given(value: T | None) -> T:
     return value
 
 
-def _row_count(value: int | str | None) -> int | str:
-    """A row count that :meth:`EvalOptions.resolved` has filled: a number or :data:`ALL`."""
-    assert value is not None
-    return value
-
-
-def _rows(data: MultimodalDataset, count: int | str, seed: int) -> MultimodalDataset:
-    """``count`` rows of ``data`` drawn without replacement with ``seed`` (all for :data:`ALL`)."""
-    if count == ALL or int(count) >= len(data):
-        return data
-    generator = torch.Generator().manual_seed(seed)
-    return data.subset(torch.randperm(len(data), generator=generator)[: int(count)].sort().values)
-
-
-def _count(value: int | str | None) -> int | None:
-    """A filled row count as :func:`draw_rows` takes it: None for :data:`ALL`."""
-    return None if _row_count(value) == ALL else int(_row_count(value))
-
-
-def _sources(
-    run: LoadedRun, **given: MultimodalDataset | TorchData | Dataset | DataLoader | None
-) -> dict[str, MultimodalDataset | TorchData]:
-    """The ``train`` and ``test`` data of :func:`evaluate_run`, each in memory or a
-    :class:`TorchData` with the run's modalities; both are needed."""
-    out: dict[str, MultimodalDataset | TorchData] = {}
-    expected = [m.to_json() for m in run.modalities]
-    for parameter, source in given.items():
-        if source is None:
-            raise UserError(f"{parameter} is missing; give both train and test data, or neither to evaluate "
-                            "on the run's dataset", parameter=parameter)
-        if isinstance(source, (Dataset, DataLoader)):
-            source = TorchData(source, run.modalities, name=f"{parameter} data")
-        if not isinstance(source, (MultimodalDataset, TorchData)):
-            raise UserError(f"{parameter} must be a MultimodalDataset, TorchData, torch Dataset or DataLoader, "
-                            f"got {type(source).__name__}", parameter=parameter)
-        if [m.to_json() for m in source.modalities] != expected:
-            raise UserError(f"{parameter} has modalities {[m.to_json() for m in source.modalities]}, but the run "
-                            f"was trained on {expected}", parameter=parameter)
-        out[parameter] = source
-    return out
-
-
 def _model_digest(model: torch.nn.Module) -> str:
     """SHA-256 of the model's parameters and buffers: which model earlier results belong to."""
     digest = hashlib.sha256()
@@ -307,24 +264,16 @@ def evaluate_run(
     settings = options.resolved()
     device = resolve_device(options.device)
     run = load_run(run_dir, device=device)
-    train_rows = None if settings.num_train == ALL else int(_row_count(settings.num_train))
     if train is None and test is None:
         data = load_dataset(run.dataset_name, data_dir=options.data_dir or run.data_dir)
         if [m.to_json() for m in data.modalities] != [m.to_json() for m in run.modalities]:
             raise UserError(f"dataset {run.dataset_name!r} no longer has the modalities the run was trained on")
-        streams: dict[str, MultimodalDataset | TorchData] = {"train": data.train, "test": data.test}
+        chosen = evaluation_rows(run, settings, options.seed, train=data.train, test=data.test)
     else:
-        streams = _sources(run, train=train, test=test)
-    streamed = any(isinstance(source, TorchData) for source in streams.values())
-    test_length = len(streams["test"])
-    if not streamed:
-        train_split, test_split = streams["train"], streams["test"]
-        assert isinstance(train_split, MultimodalDataset) and isinstance(test_split, MultimodalDataset)
-        probe_rows = train_rows  # the probe draws them
-    else:
-        train_split = draw_rows(streams["train"], train_rows, options.seed, sort=False, parameter="num_train")
-        test_split = draw_rows(streams["test"], _count(settings.num_test), options.seed)
-        probe_rows = None  # drawn above, in the probe's order
+        chosen = evaluation_rows(run, settings, options.seed, train=train, test=test, given=True)
+    train_split, test_split, probe_rows = chosen.train, chosen.test, chosen.probe_rows
+    # Drawn before any metric: a count above the memory cap stops the evaluation up front.
+    likelihood_test = chosen.likelihood_rows() if "likelihood" in options.metrics else None
     labelled = [name for name in options.metrics if name in NEEDS_LABELS]
     if labelled and (test_split.labels is None or train_split.labels is None):
         rest = [name for name in options.metrics if name not in NEEDS_LABELS]
@@ -346,15 +295,7 @@ def evaluate_run(
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
     torch.manual_seed(options.seed)
     progress = options.progress
-    if not streamed:
-        test_rows = _rows(test_split, _row_count(settings.num_test), options.seed)
-        likelihood_test = _rows(test_split, _row_count(settings.likelihood_num_test), options.seed)
-    else:
-        test_rows = test_split
-        likelihood_test = test_split
-        if "likelihood" in options.metrics and settings.likelihood_num_test != settings.num_test:
-            likelihood_test = draw_rows(streams["test"], _count(settings.likelihood_num_test), options.seed,
-                                        parameter="likelihood_num_test")
+    test_rows = chosen.test_rows
     results: dict = {}
     timings: dict[str, float] = {}
     sampler: dict[str, dict[str, float]] = {}
@@ -420,6 +361,7 @@ def evaluate_run(
             num_samples=settings.num_importance_samples, batch_size=options.likelihood_batch_size,
             device=device, progress=progress,
         )
+        assert likelihood_test is not None
         likelihood = conditional_log_likelihoods(model, likelihood_test, **lik_options)
         likelihood["joint"] = joint_log_likelihood(model, likelihood_test, **lik_options)
         likelihood["num_samples"] = settings.num_importance_samples
@@ -457,7 +399,7 @@ def evaluate_run(
         "model": run.model_config.model,
         "aggregator": run.model_config.aggregator or "default",
         "dataset": run.dataset_name,
-        "test samples": test_length,
+        "test samples": chosen.test_length,
         "epochs trained": run.train_config.epochs,
         "model sha256": _model_digest(model),
     }
