@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from omnivae.errors import UserError
-from omnivae.methods import barycentric, jmvae, jnf, mmvaeplus, mmvamp, mvtcae, nexus, telbo
+from omnivae.methods import barycentric, dmvae, jmvae, jnf, mmvaeplus, mmvamp, mvtcae, nexus, telbo
 from omnivae.modalities import ModalitySpec
 from omnivae.models.base import MultimodalVAE
 from omnivae.models.options import OptionInfo, describe_options, parse_option_value
@@ -29,7 +29,7 @@ __all__ = ["MODELS", "build_model", "check_networks", "recipe_options", "parse_o
 
 MODELS: dict[str, Recipe] = {
     recipe.name: recipe
-    for family in (barycentric, jmvae, mvtcae, jnf, mmvamp, mmvaeplus, nexus, telbo)
+    for family in (barycentric, jmvae, mvtcae, jnf, mmvamp, mmvaeplus, nexus, telbo, dmvae)
     for recipe in family.RECIPES
 }
 """Every registered recipe by name."""
