@@ -52,7 +52,7 @@ def test_parse_option_follows_the_declared_type_not_the_look_of_the_text():
         ("jnf-cl", {"temperature": 0.0}, "temperature"),
         ("jmvae", {"alpha": -1.0}, "alpha"),
         ("mvtcae", {"tc_ratio": 2.0}, "tc_ratio"),
-        ("mwb", {"alpha": 0.1}, "alpha"),  # not an option of mwb
+        ("mwb", {"alpha": 0.1}, None),  # not an option of mwb: no parameter (no flag) to point at
     ],
 )
 def test_bad_options_are_one_error_naming_the_parameter_not_a_flag(name, options, parameter):

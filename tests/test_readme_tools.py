@@ -3,6 +3,7 @@ Python examples, run as written on tiny files in a temporary folder."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -36,12 +37,17 @@ def test_tracking_example(tmp_path, monkeypatch, capsys):
 
 def test_dataloader_example(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "big").mkdir()
-    arrays = tiny_arrays(100)
-    arrays["mask_vec"] = np.arange(100) % 4 != 0
-    for name in ("img", "vec", "mask_vec"):
-        np.save(tmp_path / "big" / f"{name}.npy", arrays[name])
+    monkeypatch.setenv("OMNIVAE_CACHE", str(tmp_path / "cache"))  # the coherence classifiers
+    for split, n, seed in (("train", 100, 0), ("test", 40, 1)):
+        (tmp_path / "big" / split).mkdir(parents=True)
+        arrays = tiny_arrays(n, seed)
+        arrays["mask_vec"] = np.arange(n) % 4 != 0
+        for name in ("img", "vec", "mask_vec", "labels"):
+            np.save(tmp_path / "big" / split / f"{name}.npy", arrays[name])
     exec(compile(_python_block("Use with PyTorch DataLoaders"), "README.md", "exec"), {})
     out = capsys.readouterr().out
-    assert "'loss':" in out and "'img':" in out
-    assert published_checkpoint(tmp_path / "runs" / "streamed") is not None
+    assert "'loss':" in out and "'img':" in out and "{'1': " in out
+    run = tmp_path / "runs" / "streamed"
+    assert published_checkpoint(run) is not None
+    written = json.loads((run / "eval.json").read_text())
+    assert written["settings"]["probe"]["train_rows"] == 100 and written["settings"]["recon"]["test_rows"] == 40

@@ -18,10 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from omnivae.data import load_dataset
 from omnivae.data.base import MultimodalDataset
+from omnivae.data.torch_data import TorchData
 from omnivae.errors import DataError, UserError, unknown_name
+from omnivae.eval_data import ALL, evaluation_rows
 from omnivae.fileio import atomic_write_bytes
 from omnivae.metrics.common import all_subsets
 from omnivae.report import evaluation_markdown, latent_map, metric_curves, sample_grid
@@ -42,8 +45,6 @@ __all__ = ["METRICS", "PROTOCOLS", "ALL", "EvalOptions", "evaluate_run", "merge_
 METRICS = ("coherence", "probe", "likelihood", "fd", "recon", "clustering")
 NEEDS_LABELS = ("coherence", "probe", "fd", "clustering")
 PROTOCOL_NAMES = ("fast", "paper")
-#: A row count meaning every row of the split.
-ALL = "all"
 
 #: The settings each protocol gives the options left unset. ``paper`` is the published
 #: protocols: K = 1,000 importance samples on every test row (IWAE, Burda et al. 2016;
@@ -186,20 +187,6 @@ def _given(value: T | None) -> T:
     return value
 
 
-def _row_count(value: int | str | None) -> int | str:
-    """A row count that :meth:`EvalOptions.resolved` has filled: a number or :data:`ALL`."""
-    assert value is not None
-    return value
-
-
-def _rows(data: MultimodalDataset, count: int | str, seed: int) -> MultimodalDataset:
-    """``count`` rows of ``data`` drawn without replacement with ``seed`` (all for :data:`ALL`)."""
-    if count == ALL or int(count) >= len(data):
-        return data
-    generator = torch.Generator().manual_seed(seed)
-    return data.subset(torch.randperm(len(data), generator=generator)[: int(count)].sort().values)
-
-
 def _model_digest(model: torch.nn.Module) -> str:
     """SHA-256 of the model's parameters and buffers: which model earlier results belong to."""
     digest = hashlib.sha256()
@@ -232,11 +219,29 @@ def merge_results(previous: Mapping | None, new: Mapping, computed: Sequence[str
     return merged
 
 
-def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dict:
+def evaluate_run(
+    run_dir: str | Path,
+    options: EvalOptions | None = None,
+    *,
+    train: MultimodalDataset | TorchData | Dataset | DataLoader | None = None,
+    test: MultimodalDataset | TorchData | Dataset | DataLoader | None = None,
+) -> dict:
     """Compute the metrics of a run and write ``eval.json``, ``report.md`` and ``figures/``.
 
     Metrics already in ``eval.json`` and not recomputed now are kept
     (:func:`merge_results`); every metric records its settings, protocol, time and date.
+
+    The data are the run's dataset (``load_dataset``), or ``train`` and ``test`` when given:
+    in-memory datasets, or streamed ones (:class:`~omnivae.data.torch_data.TorchData`, a
+    map-style ``Dataset`` or a ``DataLoader`` over one, of ``{modality: tensor}`` dicts).
+    From a stream the evaluation reads into memory only the rows the protocol uses
+    (:func:`~omnivae.data.torch_data.draw_rows`, seeded as the in-memory draw): ``num_test``
+    and ``likelihood_num_test`` test rows, and ``num_train`` training rows, which then serve
+    the probe, the coherence/FD classifiers and a fitted latent sampler (in memory the
+    classifiers train on the whole split, so with ``num_train`` below the split's length
+    coherence and FD differ from the in-memory numbers; probe, recon, likelihood and
+    clustering are the same). A count whose rows exceed ``OMNIVAE_MAX_LOAD_GB`` is refused
+    up front, naming the setting (``paper`` draws every row).
     """
     from omnivae.metrics import (
         conditional_coherence,
@@ -259,11 +264,18 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     settings = options.resolved()
     device = resolve_device(options.device)
     run = load_run(run_dir, device=device)
-    data = load_dataset(run.dataset_name, data_dir=options.data_dir or run.data_dir)
-    if [m.to_json() for m in data.modalities] != [m.to_json() for m in run.modalities]:
-        raise UserError(f"dataset {run.dataset_name!r} no longer has the modalities the run was trained on")
+    if train is None and test is None:
+        data = load_dataset(run.dataset_name, data_dir=options.data_dir or run.data_dir)
+        if [m.to_json() for m in data.modalities] != [m.to_json() for m in run.modalities]:
+            raise UserError(f"dataset {run.dataset_name!r} no longer has the modalities the run was trained on")
+        chosen = evaluation_rows(run, settings, options.seed, train=data.train, test=data.test)
+    else:
+        chosen = evaluation_rows(run, settings, options.seed, train=train, test=test, given=True)
+    train_split, test_split, probe_rows = chosen.train, chosen.test, chosen.probe_rows
+    # Drawn before any metric: a count above the memory cap stops the evaluation up front.
+    likelihood_test = chosen.likelihood_rows() if "likelihood" in options.metrics else None
     labelled = [name for name in options.metrics if name in NEEDS_LABELS]
-    if labelled and (data.test.labels is None or data.train.labels is None):
+    if labelled and (test_split.labels is None or train_split.labels is None):
         rest = [name for name in options.metrics if name not in NEEDS_LABELS]
         fix = f"or evaluate with metrics={','.join(rest)!r}" if rest else "or pick metrics that need none (likelihood, recon)"
         raise DataError(
@@ -271,8 +283,8 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
             f"{run.dataset_name!r} has none; add labels to the data {fix}", parameter="metrics"
         )
     for name in labelled:
-        require_labels(data.test, name)
-    if "clustering" in options.metrics and data.test.labels is not None and data.test.labels.dim() > 1:
+        require_labels(test_split, name)
+    if "clustering" in options.metrics and test_split.labels is not None and test_split.labels.dim() > 1:
         if tuple(options.metrics) != METRICS:
             raise DataError(f"the clustering metric needs one class per row, and dataset {run.dataset_name!r} "
                             "has several labels per row; leave clustering out of the metrics")
@@ -283,9 +295,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
     torch.manual_seed(options.seed)
     progress = options.progress
-    test = _rows(data.test, _row_count(settings.num_test), options.seed)
-    likelihood_test = _rows(data.test, _row_count(settings.likelihood_num_test), options.seed)
-    train_rows = None if settings.num_train == ALL else int(_row_count(settings.num_train))
+    test_rows = chosen.test_rows
     results: dict = {}
     timings: dict[str, float] = {}
     sampler: dict[str, dict[str, float]] = {}
@@ -295,7 +305,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
     if any(m in options.metrics for m in ("coherence", "fd")):
         started = time.perf_counter()
         classifiers = get_classifiers(
-            run.dataset_name, data.train, data.test, epochs=_given(settings.classifier_epochs),
+            run.dataset_name, train_split, test_split, epochs=_given(settings.classifier_epochs),
             batch_size=_given(settings.classifier_batch_size), seed=options.seed, device=device, progress=progress,
         )
         if device.type == "cpu":
@@ -310,7 +320,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         from omnivae.latent_samplers import run_latent_sampler
 
         latent_sampler = run_latent_sampler(
-            run, run_dir, options.sampler, data.train, data_dir=options.data_dir,
+            run, run_dir, options.sampler, train_split, data_dir=options.data_dir,
             log=(lambda line: print(line, file=sys.stderr)) if progress else None,
         )
     sampled = {"latent_sampler": options.sampler}
@@ -330,20 +340,20 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         started = time.perf_counter()
         model.reset_sampler_statistics()
         assert classifiers is not None  # trained above for coherence
-        coherence = conditional_coherence(model, test, classifiers, seed=options.seed, progress=progress, **common)
+        coherence = conditional_coherence(model, test_rows, classifiers, seed=options.seed, progress=progress, **common)
         coherence["joint"] = joint_coherence(
             model, classifiers, num_samples=_given(settings.joint_coherence_samples), seed=options.seed,
             progress=progress, latent_sampler=latent_sampler, **common,
         )
         results["coherence"] = coherence
-        record("coherence", started, test, **sampled)
+        record("coherence", started, test_rows, **sampled)
     if "probe" in options.metrics:
         started = time.perf_counter()
         model.reset_sampler_statistics()
         results["probe"] = linear_probe(
-            model, data.train, test, num_train=train_rows, seed=options.seed, progress=progress, **common
+            model, train_split, test_rows, num_train=probe_rows, seed=options.seed, progress=progress, **common
         )
-        record("probe", started, test, train_rows=min(train_rows or len(data.train), len(data.train)))
+        record("probe", started, test_rows, train_rows=min(probe_rows or len(train_split), len(train_split)))
     if "likelihood" in options.metrics:
         started = time.perf_counter()
         model.reset_sampler_statistics()
@@ -351,6 +361,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
             num_samples=settings.num_importance_samples, batch_size=options.likelihood_batch_size,
             device=device, progress=progress,
         )
+        assert likelihood_test is not None
         likelihood = conditional_log_likelihoods(model, likelihood_test, **lik_options)
         likelihood["joint"] = joint_log_likelihood(model, likelihood_test, **lik_options)
         likelihood["num_samples"] = settings.num_importance_samples
@@ -364,20 +375,20 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
             assert classifiers is not None  # trained above for fd
             feature_fn = image_features(load_inception_features(options.inception), classifiers, run.modalities)
         results["fd"] = generation_frechet(
-            model, test, classifiers, seed=options.seed, feature_fn=feature_fn, progress=progress,
+            model, test_rows, classifiers, seed=options.seed, feature_fn=feature_fn, progress=progress,
             latent_sampler=latent_sampler, **common
         )
-        record("fd", started, test, **sampled, **({"inception": options.inception} if options.inception else {}))
+        record("fd", started, test_rows, **sampled, **({"inception": options.inception} if options.inception else {}))
     if "recon" in options.metrics:
         started = time.perf_counter()
         model.reset_sampler_statistics()
-        results["recon"] = reconstruction_error(model, test, progress=progress, **common)
-        record("recon", started, test)
+        results["recon"] = reconstruction_error(model, test_rows, progress=progress, **common)
+        record("recon", started, test_rows)
     if "clustering" in options.metrics:
         started = time.perf_counter()
         model.reset_sampler_statistics()
-        results["clustering"] = latent_clustering(model, test, seed=options.seed, progress=progress, **common)
-        record("clustering", started, test)
+        results["clustering"] = latent_clustering(model, test_rows, seed=options.seed, progress=progress, **common)
+        record("clustering", started, test_rows)
     results["seconds"] = timings
     results["settings"] = recorded
     if sampler:
@@ -388,7 +399,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
         "model": run.model_config.model,
         "aggregator": run.model_config.aggregator or "default",
         "dataset": run.dataset_name,
-        "test samples": len(data.test),
+        "test samples": chosen.test_length,
         "epochs trained": run.train_config.epochs,
         "model sha256": _model_digest(model),
     }
@@ -401,7 +412,7 @@ def evaluate_run(run_dir: str | Path, options: EvalOptions | None = None) -> dic
               file=sys.stderr)
     results = merge_results(previous, results, options.metrics)
     if options.figures:
-        results["figures"] = draw_figures(run, data.test, results, path / "figures", options.seed)
+        results["figures"] = draw_figures(run, test_split, results, path / "figures", options.seed)
     atomic_write_json(path / "eval.json", results)
     atomic_write_bytes(path / "report.md", evaluation_markdown(results, header).encode())
     return results

@@ -61,7 +61,7 @@ from omnivae.data.base import (
 )
 from omnivae.errors import DataError, UserError
 
-__all__ = ["MASK_PREFIX", "LABELS_KEY", "BatchSource", "TorchData", "ArrayDataset", "as_batch_source"]
+__all__ = ["MASK_PREFIX", "LABELS_KEY", "BatchSource", "TorchData", "ArrayDataset", "as_batch_source", "draw_rows"]
 
 MASK_PREFIX = "mask_"
 LABELS_KEY = "labels"
@@ -330,3 +330,86 @@ def as_batch_source(data: MultimodalDataset | BatchSource | Dataset | DataLoader
         f"data must be a MultimodalDataset, a torch Dataset or a DataLoader, got {type(data).__name__}",
         parameter="train_data",
     )
+
+
+def draw_rows(
+    source: MultimodalDataset | TorchData,
+    count: int | None,
+    seed: int,
+    *,
+    sort: bool = True,
+    parameter: str = "num_test",
+) -> MultimodalDataset:
+    """``count`` rows of ``source`` drawn without replacement with ``seed``, in memory.
+
+    The rows are ``torch.randperm(len(source), generator=seeded)[:count]`` (every row for
+    ``count`` None or at least the length), sorted when ``sort`` (the test rows of
+    :func:`omnivae.evaluate.evaluate_run`) or in drawn order (the probe's training rows,
+    as :func:`omnivae.metrics.linear_probe` draws them). An in-memory dataset is subset
+    without copying; a :class:`TorchData` is read through its map-style ``Dataset`` and
+    stored as the in-memory loaders store it (``uint8`` stays ``uint8``, unobserved values
+    zeroed), so that the metrics see the same values either way.
+
+    Raises:
+        UserError: the rows would take more memory than :func:`~omnivae.data.npz.max_load_bytes`
+            (``OMNIVAE_MAX_LOAD_GB``) allows, naming ``parameter``; or the source is a
+            ``DataLoader`` over an ``IterableDataset`` (no rows to draw from).
+        DataError: a sample lacks a modality, has an unknown key or the wrong shape.
+
+    Example:
+        >>> arrays = {"v": np.arange(10, dtype=np.float32).reshape(5, 2)}
+        >>> rows = draw_rows(TorchData(ArrayDataset(arrays)), 3, seed=0)
+        >>> rows.data["v"][:, 0].tolist()
+        [0.0, 2.0, 8.0]
+    """
+    from omnivae.data.npz import MAX_LOAD_ENV, _size, max_load_bytes
+
+    n = len(source)
+    if count is None or count >= n:
+        index = torch.arange(n)
+    else:
+        index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:count]
+        if sort:
+            index = index.sort().values
+    if isinstance(source, MultimodalDataset):
+        return source if len(index) == n and bool((index == torch.arange(n)).all()) else source.subset(index)
+    if isinstance(source.dataset, IterableDataset):
+        raise UserError(
+            f"{source.name} reads an IterableDataset, whose rows cannot be drawn; give a map-style Dataset "
+            "(with __getitem__) for the evaluation",
+            parameter="train" if parameter == "num_train" else "test",
+        )
+    first = _collate([source.dataset[int(index[0])]])
+    row_bytes = sum(v[0].numel() * v.element_size() for v in first.values())
+    need, limit = row_bytes * len(index), max_load_bytes()
+    if need > limit:
+        raise UserError(
+            f"{parameter}: {len(index):,} rows of {source.name} would take {_size(need)} in memory, above the "
+            f"{_size(limit)} one load may take; set {parameter} to at most {max(limit // max(row_bytes, 1), 1):,} "
+            f"rows (or protocol='fast'), or raise {MAX_LOAD_ENV}",
+            parameter=parameter,
+        )
+    chunks = [index[b : b + 256].tolist() for b in range(0, len(index), 256)]
+    loader = DataLoader(source.dataset, batch_sampler=chunks, collate_fn=_collate, num_workers=source.num_workers,
+                        generator=torch.Generator().manual_seed(seed))
+    parts: dict[str, list[Tensor]] = {}
+    for item in loader:
+        values = _collate(item) if not isinstance(item, Mapping) else item
+        source._batch(values)  # the checks of the training path: keys, modalities, shapes
+        for key, value in values.items():
+            parts.setdefault(key, []).append(torch.as_tensor(value))
+    stored = {key: torch.cat(value) for key, value in parts.items()}
+    data: dict[str, Tensor] = {}
+    masks: dict[str, Tensor] = {}
+    for spec in source.modalities:
+        value = stored[spec.name]
+        if MASK_PREFIX + spec.name in stored:
+            mask = stored[MASK_PREFIX + spec.name].to(torch.bool).reshape(len(value))
+            # Unobserved values may be anything (NaN); stored as the in-memory loaders store them.
+            unseen = ~mask.reshape(-1, *[1] * (value.ndim - 1))
+            value = value.masked_fill(unseen, -1 if _stores_indices(spec, value) else 0)
+            masks[spec.name] = mask
+        data[spec.name] = value
+    labels = stored.get(LABELS_KEY)
+    return MultimodalDataset(source.modalities, data, masks, None if labels is None else labels.long(),
+                             name=source.name)

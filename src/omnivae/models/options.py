@@ -147,7 +147,7 @@ def build_options(kind: type[OptionsT], values: Mapping[str, object], owner: str
     for key, value in values.items():
         if key not in hints:
             listed = ", ".join(sorted(known)) or "none"
-            raise UserError(f"{owner or kind.__name__} has no option {key!r}; its options are: {listed}", parameter=key)
+            raise UserError(f"{owner or kind.__name__} has no option {key!r}; its options are: {listed}")
         typed[key] = _coerce(hints[key], key, value, owner)
     return kind(**typed)
 
@@ -160,7 +160,7 @@ def parse_option_value(kind: type[MethodOptions], key: str, text: str, owner: st
     hints = _hints(kind)
     if key not in hints:
         listed = ", ".join(sorted(hints)) or "none"
-        raise UserError(f"{owner} has no option {key!r}; its options are: {listed}", parameter=key)
+        raise UserError(f"{owner} has no option {key!r}; its options are: {listed}")
     hint = hints[key]
     text = text.strip()
     if hint is bool:

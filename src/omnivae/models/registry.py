@@ -15,7 +15,18 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from omnivae.errors import UserError
-from omnivae.methods import barycentric, jmvae, jnf, mmvaeplus, mmvamp, mvtcae, nexus
+from omnivae.methods import (
+    barycentric,
+    crmvae,
+    dmvae,
+    jmvae,
+    jnf,
+    mmvaeplus,
+    mmvamp,
+    mvtcae,
+    nexus,
+    telbo,
+)
 from omnivae.modalities import ModalitySpec
 from omnivae.models.base import MultimodalVAE
 from omnivae.models.options import OptionInfo, describe_options, parse_option_value
@@ -29,7 +40,7 @@ __all__ = ["MODELS", "build_model", "check_networks", "recipe_options", "parse_o
 
 MODELS: dict[str, Recipe] = {
     recipe.name: recipe
-    for family in (barycentric, jmvae, mvtcae, jnf, mmvamp, mmvaeplus, nexus)
+    for family in (barycentric, jmvae, mvtcae, jnf, mmvamp, mmvaeplus, nexus, crmvae, telbo, dmvae)
     for recipe in family.RECIPES
 }
 """Every registered recipe by name."""

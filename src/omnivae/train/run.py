@@ -152,7 +152,8 @@ def train(
     torch.manual_seed(train_config.seed)
     model, objective = build_model(model_config, data.modalities, encoders, decoders)
     own_networks = check_networks(data.modalities, encoders, decoders)
-    fingerprint = data_fingerprint(data.train)
+    # A stream is not hashed (that would read it all): its runs resume without the data check.
+    fingerprint = data_fingerprint(data.train) if isinstance(data.train, MultimodalDataset) else None
     run_config = {
         "model": model_config.to_json(),
         "dataset": {
@@ -161,7 +162,7 @@ def train(
             "modalities": [m.to_json() for m in data.modalities],
             "fingerprint": fingerprint,
         },
-        "label_names": data.train.label_names,
+        "label_names": getattr(data.train, "label_names", None),
     }
     if any(own_networks.values()):
         run_config["own_networks"] = own_networks
