@@ -58,6 +58,7 @@ from omnivae.modalities import ModalitySpec
 from omnivae.models.base import MultimodalVAE
 from omnivae.models.options import MethodOptions, option
 from omnivae.models.recipe import ModelParts, Recipe
+from omnivae.nn import build_decoder, build_encoder
 from omnivae.objectives import Objective, ObjectiveOutput, check_beta
 
 if TYPE_CHECKING:
@@ -216,7 +217,16 @@ def _build(config: ModelConfig, modalities: Sequence[ModalitySpec], parts: Model
     """DMVAE's networks: encoders with D + P outputs, decoders reading (z_s, z_p^m)."""
     parts.require("covariance", "diag", "encoders give one diagonal Gaussian, split into shared and private parts")
     private_dim = config.settings_as(DMVAEOptions).private_dim
-    encoders, decoders = parts.block_networks(private_dim)
+    width = config.latent_dim + private_dim
+    encoders = nn.ModuleDict(
+        {m.name: build_encoder(m, width, backbone=config.backbone, hidden=config.hidden) for m in modalities}
+    )
+    decoders = nn.ModuleDict(
+        {
+            m.name: build_decoder(m, width, backbone=config.backbone, hidden=config.hidden, likelihood=config.likelihood)
+            for m in modalities
+        }
+    )
     return DMVAEModel(modalities, encoders, decoders, parts.aggregator(), parts.prior(), private_dim, parts.likelihood_weights)
 
 

@@ -106,7 +106,7 @@ from omnivae.modalities import ModalitySpec
 from omnivae.models.base import MultimodalVAE
 from omnivae.models.options import MethodOptions, option
 from omnivae.models.recipe import ModelParts, Recipe
-from omnivae.nn import soft_clamp
+from omnivae.nn import build_decoder, build_encoder, soft_clamp
 from omnivae.objectives import ObjectiveOutput, StratifiedIWAE, importance_bound
 
 if TYPE_CHECKING:
@@ -390,7 +390,18 @@ def _build_mmvaeplus(config: ModelConfig, modalities: Sequence[ModalitySpec], pa
     """MMVAE+'s networks: encoders with D + W outputs, decoders reading (z, w_m) (Palumbo et al. 2023)."""
     parts.require("covariance", "diag", "encoders give one diagonal Gaussian, split into z and w")
     w_dim = config.settings_as(MMVAEPlusOptions).w_dim
-    encoders, decoders = parts.block_networks(w_dim)
+    width = config.latent_dim + w_dim
+    encoders = nn.ModuleDict(
+        {m.name: build_encoder(m, width, backbone=config.backbone, hidden=config.hidden) for m in modalities}
+    )
+    decoders = nn.ModuleDict(
+        {
+            m.name: build_decoder(
+                m, width, backbone=config.backbone, hidden=config.hidden, likelihood=config.likelihood
+            )
+            for m in modalities
+        }
+    )
     return MMVAEPlus(modalities, encoders, decoders, parts.aggregator(), parts.prior(), w_dim, parts.likelihood_weights)
 
 

@@ -125,22 +125,11 @@ class ModelParts:
 
     def encoders(self) -> nn.ModuleDict:
         """One Gaussian encoder per modality onto ``latent_dim`` (the user's where given)."""
-        return self._encoders(0)
-
-    def block_networks(self, extra_dims: int) -> tuple[nn.ModuleDict, nn.ModuleDict]:
-        """Encoders onto, and decoders from, ``latent_dim + extra_dims`` (the user's where given).
-
-        For methods with a modality-specific latent block beside the shared one (MMVAE+'s
-        w_m, DMVAE's z_p^m), whose encoders give one diagonal Gaussian over both parts.
-        """
-        return self._encoders(extra_dims), self._decoders(extra_dims)
-
-    def _encoders(self, extra_dims: int) -> nn.ModuleDict:
         c = self.config
         return nn.ModuleDict(
             {
                 m.name: self.own_encoders[m.name] if m.name in self.own_encoders else build_encoder(
-                    m, c.latent_dim + extra_dims, backbone=c.backbone, hidden=c.hidden, covariance=cast(Covariance, c.covariance), rank=c.rank,
+                    m, c.latent_dim, backbone=c.backbone, hidden=c.hidden, covariance=cast(Covariance, c.covariance), rank=c.rank,
                 )
                 for m in self.modalities
             }
@@ -148,14 +137,11 @@ class ModelParts:
 
     def decoders(self) -> nn.ModuleDict:
         """One decoder per modality from ``latent_dim`` (the user's where given)."""
-        return self._decoders(0)
-
-    def _decoders(self, extra_dims: int) -> nn.ModuleDict:
         c = self.config
         return nn.ModuleDict(
             {
                 m.name: self.own_decoders[m.name] if m.name in self.own_decoders else build_decoder(
-                    m, c.latent_dim + extra_dims, backbone=c.backbone, hidden=c.hidden, likelihood=c.likelihood,
+                    m, c.latent_dim, backbone=c.backbone, hidden=c.hidden, likelihood=c.likelihood,
                 )
                 for m in self.modalities
             }
