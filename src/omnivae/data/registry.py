@@ -15,6 +15,7 @@ from pathlib import Path
 
 from omnivae.data.arrays import load_npz
 from omnivae.data.base import DatasetSplits, ModalitySpec
+from omnivae.data.corrupt import NOISE_SUFFIX, corrupt_with_noise, split_corruption
 from omnivae.errors import DataError, unknown_name
 
 __all__ = [
@@ -126,13 +127,20 @@ def load_dataset(name: str, data_dir: str | None = None, seed: int = 0) -> Datas
             default when ``None``.
         seed: seeds any random split (``npz:FILE``); fixed datasets ignore it.
 
+    A name ending in ``+noise=MODALITY[,MODALITY...]`` is that dataset with those
+    modalities replaced by noise (:mod:`omnivae.data.corrupt`).
+
     Raises:
         UserError: for an unknown name, listing the valid ones.
         DataError: for missing or malformed data.
 
     Example:
         >>> splits = load_dataset("polymnist")  # doctest: +SKIP
+        >>> noisy = load_dataset("mfeat+noise=fou")  # doctest: +SKIP
     """
+    base, corrupted = split_corruption(name)
+    if corrupted:
+        return corrupt_with_noise(load_dataset(base, data_dir, seed), corrupted, name, seed)
     prefix, sep, argument = name.partition(":")
     if sep and prefix in _PREFIXES:
         if not argument:
@@ -199,6 +207,8 @@ def dataset_table() -> str:
             lines.append(f"  needs: {info.needs}")
     for entry in _PREFIXES.values():
         lines.append(f"{entry.form}: {entry.description}")
+    lines.append(f"DATASET{NOISE_SUFFIX}MODALITY[,MODALITY...]: any of these with the named modalities replaced by "
+                 "noise of the same shape and range, train and test (robustness studies)")
     return "\n".join(lines)
 
 
