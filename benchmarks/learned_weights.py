@@ -16,7 +16,7 @@ the subset holds the noisy modality (coherence only towards clean targets: the n
 modality's classifier is at chance) and gives the weight the noisy modality gets.
 
     python benchmarks/learned_weights.py --out /tmp/weights --seeds 3                      # mfeat, clean
-    python benchmarks/learned_weights.py --out /tmp/noisy --seeds 3 --corrupt fac          # mfeat, fac noisy
+    python benchmarks/learned_weights.py --out /tmp/noisy --seeds 3 --corrupt fac --oracle # mfeat, fac noisy
     python benchmarks/learned_weights.py --out /tmp/poly --dataset polymnist --corrupt m0 --models mwb
     python benchmarks/learned_weights.py --out /tmp/noisy --corrupt fac --table           # tabulate finished runs
 
@@ -35,6 +35,10 @@ from pathlib import Path
 import torch
 
 KINDS = ("uniform", "learned", "attention")
+#: With --oracle and --corrupt: fixed weights, 0.001 for the noisy modality and 1 for the others
+#: (what weights could buy if they knew which modality is noise; not 0, which would leave
+#: the subset of the noisy modality alone without a posterior).
+ORACLE = "oracle"
 MODELS = ("wb", "mwb")
 PROTOCOLS = {
     "mfeat": ["--epochs", "20", "--latent-dim", "16", "--beta", "2.5", "--backbone", "mlp", "--hidden", "256,256",
@@ -49,9 +53,15 @@ def dataset_name(dataset: str, corrupt: str | None) -> str:
     return dataset if corrupt is None else f"{dataset}+noise={corrupt}"
 
 
-def run(out: Path, seeds: int, dataset: str, corrupt: str | None, models: list[str]) -> None:
-    for kind in KINDS:
-        cmd = ["omnivae", "benchmark", "--models", ",".join(models), "--aggregator-weights", kind,
+def run(out: Path, seeds: int, dataset: str, corrupt: str | None, models: list[str], oracle: bool) -> None:
+    kinds = {kind: kind for kind in KINDS}
+    if oracle and corrupt is not None:
+        from omnivae.data import load_dataset
+
+        names = [m.name for m in load_dataset(dataset).modalities]
+        kinds[ORACLE] = ",".join("0.001" if name == corrupt else "1" for name in names)
+    for kind, weights in kinds.items():
+        cmd = ["omnivae", "benchmark", "--models", ",".join(models), "--aggregator-weights", weights,
                "--seeds", str(seeds), "--out", str(out / kind), "--dataset", dataset_name(dataset, corrupt),
                *PROTOCOLS[dataset], "--no-progress"]
         print(" ".join(cmd), flush=True)
@@ -116,7 +126,7 @@ def table(out: Path, dataset: str, corrupt: str | None) -> str:
     lines = ["| model | weights | seeds | " + " | ".join(HEADLINES) + " |", "|" + " --- |" * (3 + len(HEADLINES))]
     models = [m for m in MODELS if any(_runs(out / kind, m) for kind in KINDS)]
     for model in models:
-        for kind in KINDS:
+        for kind in (*KINDS, ORACLE):
             runs = _runs(out / kind, model)
             if not runs:
                 continue
@@ -155,7 +165,7 @@ def table(out: Path, dataset: str, corrupt: str | None) -> str:
         lines += ["", f"| model | weights | probe, subsets with {corrupt} | probe, without | coherence, with {corrupt} "
                   f"| coherence, without | coherence, 1 clean input |", "|" + " --- |" * 7]
         for model in models:
-            for kind in KINDS:
+            for kind in (*KINDS, ORACLE):
                 runs = _runs(out / kind, model)
                 if runs:
                     split = [split_by_noisy(json.loads((r / "eval.json").read_text()), corrupt) for r in runs]
@@ -170,13 +180,15 @@ def main() -> int:
     p.add_argument("--dataset", choices=sorted(PROTOCOLS), default="mfeat")
     p.add_argument("--corrupt", metavar="MODALITY", help="replace this modality by noise, train and test")
     p.add_argument("--models", default=",".join(MODELS), help="comma separated, from wb,mwb (default both)")
+    p.add_argument("--oracle", action="store_true",
+                   help="with --corrupt: also fixed weights, 0.001 for the noisy modality and 1 for the others")
     p.add_argument("--table", action="store_true", help="only tabulate the finished runs")
     args = p.parse_args()
     models = args.models.split(",")
     if any(m not in MODELS for m in models):
         p.error(f"--models takes {', '.join(MODELS)}")
     if not args.table:
-        run(args.out, args.seeds, args.dataset, args.corrupt, models)
+        run(args.out, args.seeds, args.dataset, args.corrupt, models, args.oracle)
     print(table(args.out, args.dataset, args.corrupt))
     return 0
 
