@@ -53,8 +53,12 @@ def dataset_name(dataset: str, corrupt: str | None) -> str:
     return dataset if corrupt is None else f"{dataset}+noise={corrupt}"
 
 
-def run(out: Path, seeds: int, dataset: str, corrupt: str | None, models: list[str], oracle: bool) -> None:
-    kinds = {kind: kind for kind in KINDS}
+def run(out: Path, seeds: int, dataset: str, corrupt: str | None, models: list[str], oracle: bool,
+        kinds_run: list[str], epochs: int | None) -> None:
+    kinds = {kind: kind for kind in KINDS if kind in kinds_run}
+    protocol = list(PROTOCOLS[dataset])
+    if epochs is not None:
+        protocol[protocol.index("--epochs") + 1] = str(epochs)
     if oracle and corrupt is not None:
         from omnivae.data import load_dataset
 
@@ -63,7 +67,7 @@ def run(out: Path, seeds: int, dataset: str, corrupt: str | None, models: list[s
     for kind, weights in kinds.items():
         cmd = ["omnivae", "benchmark", "--models", ",".join(models), "--aggregator-weights", weights,
                "--seeds", str(seeds), "--out", str(out / kind), "--dataset", dataset_name(dataset, corrupt),
-               *PROTOCOLS[dataset], "--no-progress"]
+               *protocol, "--no-progress"]
         print(" ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)
 
@@ -182,13 +186,18 @@ def main() -> int:
     p.add_argument("--models", default=",".join(MODELS), help="comma separated, from wb,mwb (default both)")
     p.add_argument("--oracle", action="store_true",
                    help="with --corrupt: also fixed weights, 0.001 for the noisy modality and 1 for the others")
+    p.add_argument("--kinds", default=",".join(KINDS), help="comma separated, from uniform,learned,attention (default all)")
+    p.add_argument("--epochs", type=int, help="train this many epochs instead of the protocol's")
     p.add_argument("--table", action="store_true", help="only tabulate the finished runs")
     args = p.parse_args()
     models = args.models.split(",")
+    kinds = args.kinds.split(",")
     if any(m not in MODELS for m in models):
         p.error(f"--models takes {', '.join(MODELS)}")
+    if any(k not in KINDS for k in kinds):
+        p.error(f"--kinds takes {', '.join(KINDS)}")
     if not args.table:
-        run(args.out, args.seeds, args.dataset, args.corrupt, models, args.oracle)
+        run(args.out, args.seeds, args.dataset, args.corrupt, models, args.oracle, kinds, args.epochs)
     print(table(args.out, args.dataset, args.corrupt))
     return 0
 
