@@ -186,12 +186,12 @@ def main() -> int:
     p.add_argument("--models", default=",".join(MODELS), help="comma separated, from wb,mwb (default both)")
     p.add_argument("--oracle", action="store_true",
                    help="with --corrupt: also fixed weights, 0.001 for the noisy modality and 1 for the others")
-    p.add_argument("--kinds", default=",".join(KINDS), help="comma separated, from uniform,learned,attention (default all)")
+    p.add_argument("--kinds", default=",".join(KINDS), help="comma separated, from uniform,learned,attention (default all; '' with --oracle: only the oracle)")
     p.add_argument("--epochs", type=int, help="train this many epochs instead of the protocol's")
     p.add_argument("--table", action="store_true", help="only tabulate the finished runs")
     args = p.parse_args()
     models = args.models.split(",")
-    kinds = args.kinds.split(",")
+    kinds = [k for k in args.kinds.split(",") if k]  # "" with --oracle: the oracle alone
     if any(m not in MODELS for m in models):
         p.error(f"--models takes {', '.join(MODELS)}")
     if any(k not in KINDS for k in kinds):
