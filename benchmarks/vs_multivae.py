@@ -42,7 +42,10 @@ What is identical
   MMVAE+ keeps its learnable modality priors, omnivae's learnable auxiliary scales).
 - **Objectives' settings.** MMVAE(+): DReG ("dreg_looser") with K importance samples;
   MVAE: joint + unimodal ELBOs, no random subsets (MultiVae ``k=0``); MVTCAE: alpha 5/6,
-  beta 2.5; JMVAE: alpha 0.1; MMVAE+: private latent size 32.
+  beta 2.5; JMVAE: alpha 0.1; MMVAE+: private latent size 32; TELBO: likelihood weights 1
+  (MultiVae ``uses_likelihood_rescaling=False``, so its lambda and gamma factors are 1);
+  DMVAE: private latents of size 32 per modality (MultiVae ``modalities_specific_dim``,
+  the encoders' outputs split as for MMVAE+), beta 1; CRMVAE: beta 2.5 (MultiVae's default).
 - **Data.** omnivae's offline PolyMNIST (5 modalities of 3x28x28, 4,000 training
   samples), the same rows in both (MultiVae gets them as float tensors in a
   ``MultimodalBaseDataset``; omnivae keeps its uint8 storage and scales per batch).
@@ -60,6 +63,8 @@ What is identical
   (``epoch <= warmup``) and omnivae's first ``Trainer`` stage; stage 2 (unimodal flow
   posteriors) is MultiVae's phase after warm-up (a fresh Adam, as its
   ``MultistageTrainer`` makes) and omnivae's second stage (``Trainer._enter_stage(1)``).
+- **TELBO's stages** likewise: stage 1 (joint encoder and decoders) is MultiVae's
+  ``epoch <= warmup``, stage 2 (unimodal encoders, decoders frozen) its later epochs.
 - **HMC and coherence** (JNF): one JNF is trained briefly by omnivae (``--prepare-epochs``
   per stage) and its weights are loaded into both libraries, with the same PolyMNIST
   classifiers (omnivae's ``ConvClassifier``, trained ``--classifier-epochs``). HMC: 100
@@ -69,6 +74,22 @@ What is identical
   outside it, one draw per row, on the first ``--eval-samples`` test rows, plus the joint
   coherence of ``--joint-samples`` prior draws (MultiVae ``CoherenceEvaluator.eval()``;
   omnivae ``conditional_coherence`` + ``joint_coherence``).
+
+What differs (TELBO, DMVAE, CRMVAE)
+----------------------------------
+- TELBO stage 2: MultiVae's forward still runs the frozen joint encoder and the decoders
+  on the joint sample every step and discards the result; omnivae runs only the unimodal
+  encoders and decoders. MultiVae's unimodal KL term (``telbo_model.py``) reads the joint
+  encoder's log-variance where the unimodal one belongs, so its stage-2 objective is not
+  the unimodal ELBO in that term; omnivae uses KL(q(z | x_m) || p(z)). That slip changes
+  no cost, only the value and gradient of that term.
+- DMVAE: MultiVae decodes each of its M + 1 ELBOs separately (30 decoder calls per step
+  on PolyMNIST) and draws the private latents afresh in each; omnivae draws them once and
+  makes one decoder call per modality over the M + 1 shared samples. Both put the private
+  KLs in every ELBO (omnivae since issue 21) and the N(0, I) expert in the PoE.
+- CRMVAE: MultiVae sums its loss over the batch, omnivae averages; Adam's update is
+  invariant to a constant scale of the loss (up to its epsilon). MultiVae divides by the
+  total number of modalities, omnivae by the observed ones: equal on complete data.
 
 Memory: on the CPU, the peak resident set of the worker process (``ru_maxrss``), which
 includes each library's imports (``base MB``, the RSS before the model is built, is in the
@@ -130,6 +151,9 @@ METHODS: dict[str, Method] = {
     "mvtcae": Method("MVTCAE", "mvtcae", beta=2.5),
     "mmvaeplus": Method("MMVAE+ K=1", "mmvae+", num_samples=1, dreg=True),
     "mmvaeplus10": Method("MMVAE+ K=10", "mmvae+", num_samples=10, dreg=True),
+    "telbo": Method("TELBO", "telbo", stages=(1, 2)),
+    "dmvae": Method("DMVAE", "dmvae"),
+    "crmvae": Method("CRMVAE", "crmvae", beta=2.5),
 }
 
 
@@ -165,6 +189,8 @@ def build_omnivae(method: str, backbone: str, modalities):
         options = {"hmc_prior_power": "once", "hmc_steps": 100, "hmc_leapfrog": 10, "hmc_step_size": 0.01}
     if m.omni == "mmvae+":
         options = {"w_dim": W_DIM}
+    if m.omni == "dmvae":
+        options = {"private_dim": W_DIM}
     config = ModelConfig(
         model=m.omni, latent_dim=LATENT, backbone=backbone, hidden=list(HIDDEN), likelihood="laplace",
         num_samples=m.num_samples, dreg=m.dreg, beta=m.beta, alpha=0.1, tc_ratio=5 / 6, options=options,
@@ -258,7 +284,7 @@ def build_multivae(method: str, omni_model, hmc_steps: int = 100):
         def inverse(self, y, **kwargs):
             return ModelOutput(out=self.flow.generate(y))
 
-    shared = LATENT if m.omni == "mmvae+" else None
+    shared = LATENT if m.omni in ("mmvae+", "dmvae") else None
     encoders = {n: Encoder(omni_model.encoders[n], shared) for n in names}
     decoders = {n: Decoder(omni_model.decoders[n]) for n in names}
     common = dict(
@@ -302,6 +328,14 @@ def build_multivae(method: str, omni_model, hmc_steps: int = 100):
             loss="dreg_looser" if m.dreg else "iwae_looser",
         )
         return mv.MMVAEPlus(config, encoders, decoders)
+    if m.omni == "telbo":  # stage 2 after epoch 10; lambda = gamma = 1 (omnivae's unit likelihood weights)
+        config = mv.TELBOConfig(**common, warmup=10, uses_likelihood_rescaling=False)
+        return mv.TELBO(config, encoders, decoders, joint_encoder=JointEncoder(omni_model.joint_encoder))
+    if m.omni == "dmvae":
+        config = mv.DMVAEConfig(**common, modalities_specific_dim={n: W_DIM for n in names}, beta=m.beta)
+        return mv.DMVAE(config, encoders, decoders)
+    if m.omni == "crmvae":
+        return mv.CRMVAE(mv.CRMVAEConfig(**common, beta=m.beta), encoders, decoders)
     raise ValueError(method)
 
 
@@ -408,7 +442,7 @@ def train_worker(args) -> dict:
         dataset = multivae_dataset(data.train)
         loader = DataLoader(dataset, batch_size=bs, shuffle=True, drop_last=True, num_workers=0)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        epoch = 11 if args.stage == 2 else 1  # JNF: epoch > warmup (10) is its second stage
+        epoch = 11 if args.stage == 2 else 1  # JNF, TELBO: epoch > warmup (10) is the second stage
         model.train()
         where = "cuda" if device.type == "cuda" else "cpu"
 
