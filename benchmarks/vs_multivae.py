@@ -42,7 +42,9 @@ What is identical
   MMVAE+ keeps its learnable modality priors, omnivae's learnable auxiliary scales).
 - **Objectives' settings.** MMVAE(+): DReG ("dreg_looser") with K importance samples;
   MVAE: joint + unimodal ELBOs, no random subsets (MultiVae ``k=0``); MVTCAE: alpha 5/6,
-  beta 2.5; JMVAE: alpha 0.1; MMVAE+: private latent size 32.
+  beta 2.5; JMVAE: alpha 0.1; MMVAE+: private latent size 32. CMVAE: MMVAE+'s settings
+  plus 10 clusters of unit variance (MultiVae's fixed cluster log-variances; omnivae's
+  default), pi = softmax of learnt logits, the same initial cluster means (copied).
 - **Data.** omnivae's offline PolyMNIST (5 modalities of 3x28x28, 4,000 training
   samples), the same rows in both (MultiVae gets them as float tensors in a
   ``MultimodalBaseDataset``; omnivae keeps its uint8 storage and scales per batch).
@@ -98,6 +100,7 @@ from dataclasses import dataclass, field
 LATENT = 20
 HIDDEN = [512, 512]
 W_DIM = 32  # MMVAE+'s private latent size (its PolyMNIST setting)
+CLUSTERS = 10  # CMVAE's number of clusters (MultiVae's default)
 LIKELIHOOD_SCALE = 0.75
 ENV_RECIPE = (
     "python3 -m venv /work/venv-mv && . /work/venv-mv/bin/activate && "
@@ -130,6 +133,8 @@ METHODS: dict[str, Method] = {
     "mvtcae": Method("MVTCAE", "mvtcae", beta=2.5),
     "mmvaeplus": Method("MMVAE+ K=1", "mmvae+", num_samples=1, dreg=True),
     "mmvaeplus10": Method("MMVAE+ K=10", "mmvae+", num_samples=10, dreg=True),
+    "cmvae": Method("CMVAE K=1", "cmvae", num_samples=1, dreg=True),
+    "cmvae10": Method("CMVAE K=10", "cmvae", num_samples=10, dreg=True),
 }
 
 
@@ -165,6 +170,8 @@ def build_omnivae(method: str, backbone: str, modalities):
         options = {"hmc_prior_power": "once", "hmc_steps": 100, "hmc_leapfrog": 10, "hmc_step_size": 0.01}
     if m.omni == "mmvae+":
         options = {"w_dim": W_DIM}
+    if m.omni == "cmvae":
+        options = {"w_dim": W_DIM, "number_of_clusters": CLUSTERS}
     config = ModelConfig(
         model=m.omni, latent_dim=LATENT, backbone=backbone, hidden=list(HIDDEN), likelihood="laplace",
         num_samples=m.num_samples, dreg=m.dreg, beta=m.beta, alpha=0.1, tc_ratio=5 / 6, options=options,
@@ -258,7 +265,7 @@ def build_multivae(method: str, omni_model, hmc_steps: int = 100):
         def inverse(self, y, **kwargs):
             return ModelOutput(out=self.flow.generate(y))
 
-    shared = LATENT if m.omni == "mmvae+" else None
+    shared = LATENT if m.omni in ("mmvae+", "cmvae") else None
     encoders = {n: Encoder(omni_model.encoders[n], shared) for n in names}
     decoders = {n: Decoder(omni_model.decoders[n]) for n in names}
     common = dict(
@@ -302,6 +309,16 @@ def build_multivae(method: str, omni_model, hmc_steps: int = 100):
             loss="dreg_looser" if m.dreg else "iwae_looser",
         )
         return mv.MMVAEPlus(config, encoders, decoders)
+    if m.omni == "cmvae":
+        config = mv.CMVAEConfig(
+            **common, K=m.num_samples, prior_and_posterior_dist="normal", learn_modality_prior=True, beta=m.beta,
+            modalities_specific_dim=W_DIM, number_of_clusters=CLUSTERS, loss="dreg_looser" if m.dreg else "iwae_looser",
+        )
+        model = mv.CMVAE(config, encoders, decoders)
+        with torch.no_grad():  # the same initial cluster means (both draw them uniform in [-1, 1])
+            for c, mean in enumerate(model.mean_clusters):
+                mean.copy_(omni_model.mixture.loc[c : c + 1])
+        return model
     raise ValueError(method)
 
 
