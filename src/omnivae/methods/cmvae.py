@@ -216,9 +216,9 @@ class CMVAEObjective(MMVAEPlusObjective):
     the mixture prior (module docstring), so the bound, its DReG gradient, the masking of
     unobserved modalities and the terms ``rec``/``kl`` are MMVAE+'s
     (:class:`~omnivae.methods.mmvaeplus.MMVAEPlusObjective`), evaluated with
-    ``model.prior_module()`` = :class:`GaussianMixturePrior`. ``kl`` is the negative of the
-    regulariser log p(z) - log q(z | X) + sum log p(w) / q(w), which in CMVAE includes the
-    clustering term -E[KL(p(c | z) || pi)]-type entropy through log p(z).
+    ``model.prior_module()`` = :class:`GaussianMixturePrior`. The term ``kl`` is minus the
+    regulariser log p(z) - log q(z | X) + sum_d [log p(w_d) - log q(w_d | x_d)], with
+    log p(z) the mixture's log-density, i.e. the explicit sum over c.
     """
 
 
