@@ -45,7 +45,9 @@ What is identical
   beta 2.5; JMVAE: alpha 0.1; MMVAE+: private latent size 32; TELBO: likelihood weights 1
   (MultiVae ``uses_likelihood_rescaling=False``, so its lambda and gamma factors are 1);
   DMVAE: private latents of size 32 per modality (MultiVae ``modalities_specific_dim``,
-  the encoders' outputs split as for MMVAE+), beta 1; CRMVAE: beta 2.5 (MultiVae's default).
+  the encoders' outputs split as for MMVAE+), beta 1; CRMVAE: beta 2.5 (MultiVae's default). CMVAE: MMVAE+'s settings
+  plus 10 clusters of unit variance (MultiVae's fixed cluster log-variances; omnivae's
+  default), pi = softmax of learnt logits, the same initial cluster means (copied).
 - **Data.** omnivae's offline PolyMNIST (5 modalities of 3x28x28, 4,000 training
   samples), the same rows in both (MultiVae gets them as float tensors in a
   ``MultimodalBaseDataset``; omnivae keeps its uint8 storage and scales per batch).
@@ -119,6 +121,7 @@ from dataclasses import dataclass, field
 LATENT = 20
 HIDDEN = [512, 512]
 W_DIM = 32  # MMVAE+'s private latent size (its PolyMNIST setting)
+CLUSTERS = 10  # CMVAE's number of clusters (MultiVae's default)
 LIKELIHOOD_SCALE = 0.75
 ENV_RECIPE = (
     "python3 -m venv /work/venv-mv && . /work/venv-mv/bin/activate && "
@@ -154,6 +157,8 @@ METHODS: dict[str, Method] = {
     "telbo": Method("TELBO", "telbo", stages=(1, 2)),
     "dmvae": Method("DMVAE", "dmvae"),
     "crmvae": Method("CRMVAE", "crmvae", beta=2.5),
+    "cmvae": Method("CMVAE K=1", "cmvae", num_samples=1, dreg=True),
+    "cmvae10": Method("CMVAE K=10", "cmvae", num_samples=10, dreg=True),
 }
 
 
@@ -191,6 +196,8 @@ def build_omnivae(method: str, backbone: str, modalities):
         options = {"w_dim": W_DIM}
     if m.omni == "dmvae":
         options = {"private_dim": W_DIM}
+    if m.omni == "cmvae":
+        options = {"w_dim": W_DIM, "number_of_clusters": CLUSTERS}
     config = ModelConfig(
         model=m.omni, latent_dim=LATENT, backbone=backbone, hidden=list(HIDDEN), likelihood="laplace",
         num_samples=m.num_samples, dreg=m.dreg, beta=m.beta, alpha=0.1, tc_ratio=5 / 6, options=options,
@@ -284,7 +291,7 @@ def build_multivae(method: str, omni_model, hmc_steps: int = 100):
         def inverse(self, y, **kwargs):
             return ModelOutput(out=self.flow.generate(y))
 
-    shared = LATENT if m.omni in ("mmvae+", "dmvae") else None
+    shared = LATENT if m.omni in ("mmvae+", "dmvae", "cmvae") else None
     encoders = {n: Encoder(omni_model.encoders[n], shared) for n in names}
     decoders = {n: Decoder(omni_model.decoders[n]) for n in names}
     common = dict(
@@ -336,6 +343,16 @@ def build_multivae(method: str, omni_model, hmc_steps: int = 100):
         return mv.DMVAE(config, encoders, decoders)
     if m.omni == "crmvae":
         return mv.CRMVAE(mv.CRMVAEConfig(**common, beta=m.beta), encoders, decoders)
+    if m.omni == "cmvae":
+        config = mv.CMVAEConfig(
+            **common, K=m.num_samples, prior_and_posterior_dist="normal", learn_modality_prior=True, beta=m.beta,
+            modalities_specific_dim=W_DIM, number_of_clusters=CLUSTERS, loss="dreg_looser" if m.dreg else "iwae_looser",
+        )
+        model = mv.CMVAE(config, encoders, decoders)
+        with torch.no_grad():  # the same initial cluster means (both draw them uniform in [-1, 1])
+            for c, mean in enumerate(model.mean_clusters):
+                mean.copy_(omni_model.mixture.loc[c : c + 1])
+        return model
     raise ValueError(method)
 
 

@@ -32,7 +32,10 @@ def _cases() -> list[tuple[str, str | None]]:
         if not recipe.swappable:
             continue
         # A model added later gets the first aggregator that is not its own.
-        swap = SWAPS.get(name) or next(a for a in AGGREGATORS if a != recipe.aggregator)
+        # A later mixture-of-experts model (its auxiliary parts learn from cross terms)
+        # swaps to another mixture.
+        fallback = "mopoe" if recipe.aggregator == "moe" else next(a for a in AGGREGATORS if a != recipe.aggregator)
+        swap = SWAPS.get(name) or fallback
         assert swap != recipe.aggregator
         cases.append((name, swap))
     return cases

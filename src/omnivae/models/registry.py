@@ -17,6 +17,7 @@ from torch import nn
 from omnivae.errors import UserError
 from omnivae.methods import (
     barycentric,
+    cmvae,
     crmvae,
     dmvae,
     jmvae,
@@ -40,7 +41,7 @@ __all__ = ["MODELS", "build_model", "check_networks", "recipe_options", "parse_o
 
 MODELS: dict[str, Recipe] = {
     recipe.name: recipe
-    for family in (barycentric, jmvae, mvtcae, jnf, mmvamp, mmvaeplus, nexus, crmvae, telbo, dmvae)
+    for family in (barycentric, jmvae, mvtcae, jnf, mmvamp, mmvaeplus, nexus, crmvae, telbo, dmvae, cmvae)
     for recipe in family.RECIPES
 }
 """Every registered recipe by name."""

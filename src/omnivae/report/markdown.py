@@ -66,6 +66,11 @@ def evaluation_markdown(results: Mapping, header: Mapping[str, object]) -> str:
                 "NMI and ARI against the labels)", "",
                 _by_size_table("NMI by number of inputs:", nmi["by_size"]), "",
                 table(["subset", "NMI", "ARI"], [[k, v, ari["per_subset"].get(k)] for k, v in nmi["per_subset"].items()])]
+        if "model" in clusters:
+            own = clusters["model"]
+            out += ["", f"The model's own cluster assignments ({own.get('num_clusters')} clusters):", "",
+                    table(["subset", "NMI", "ARI"],
+                          [[k, v, own["ari"]["per_subset"].get(k)] for k, v in own["nmi"]["per_subset"].items()])]
     if "likelihood" in results:
         lik = results["likelihood"]
         out += ["", f"## Log-likelihoods (importance sampling, K = {lik.get('num_samples')})", "",
