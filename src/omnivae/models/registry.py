@@ -21,6 +21,7 @@ from omnivae.methods import (
     dmvae,
     jmvae,
     jnf,
+    mhvae,
     mmvaeplus,
     mmvamp,
     mvtcae,
@@ -40,7 +41,7 @@ __all__ = ["MODELS", "build_model", "check_networks", "recipe_options", "parse_o
 
 MODELS: dict[str, Recipe] = {
     recipe.name: recipe
-    for family in (barycentric, jmvae, mvtcae, jnf, mmvamp, mmvaeplus, nexus, crmvae, telbo, dmvae)
+    for family in (barycentric, jmvae, mvtcae, jnf, mmvamp, mmvaeplus, nexus, crmvae, telbo, dmvae, mhvae)
     for recipe in family.RECIPES
 }
 """Every registered recipe by name."""
