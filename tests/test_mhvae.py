@@ -258,3 +258,18 @@ def test_cli_trains_and_lists_the_method(tmp_path, capsys):
         assert len(err) == 1 and word in err[0] and not (tmp_path / "bad").exists()
     assert main(argv[:-1] + [str(tmp_path / "agg"), "--aggregator", "moe"]) == 2
     assert "aggregator" in capsys.readouterr().err
+
+
+def test_experts_computed_for_members_only_give_the_same_terms():
+    """``expert_rows`` (experts of a modality only on the subsets holding it) changes no number."""
+    model, objective = vector_model(levels=3)
+    x, mask = vector_batch(), partial_mask()
+    members, _ = objective.members(mask)
+    noise = [torch.randn(3, B, D, dtype=torch.float64) for _ in range(3)]
+    rows = objective.expert_rows(2, mask.device)
+    assert rows is not None and [r.tolist() for r in rows if r is not None] == [[0, 2], [1, 2]]
+    fast = objective.elbo_terms(model, x, members, mask, noise=noise, rows=rows)
+    slow = objective.elbo_terms(model, x, members, mask, noise=noise)
+    torch.testing.assert_close(fast[0], slow[0], rtol=0, atol=1e-12)
+    for a, b in zip(fast[1], slow[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)

@@ -175,7 +175,12 @@ class MHVAE(MultimodalVAE):
 
     # -- top-down -----------------------------------------------------------------------
     def level(
-        self, index: int, above: Tensor, skips: Sequence[Sequence[Tensor] | None] | None, members: Tensor | None
+        self,
+        index: int,
+        above: Tensor,
+        skips: Sequence[Sequence[Tensor] | None] | None,
+        members: Tensor | None,
+        rows: Sequence[Tensor | None] | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Level l = ``index`` + 1 < L given z_{l+1} = ``above [*lead, D]``.
 
@@ -185,6 +190,9 @@ class MHVAE(MultimodalVAE):
             skips: Per modality its features d_m^1 .. d_m^{L-1} (``[*batch, F]``, ``*batch``
                 a suffix of ``*lead``), or None for a modality absent from x; None: no experts.
             members: ``[M, *batch]`` which experts enter the product; None: none.
+            rows: Optional, per modality, the indices along ``above``'s first axis (the
+                subsets of a training step) where it can be a member; its expert is
+                computed there only (MultiVae's cost: experts of the members alone).
 
         Returns:
             ``(loc, var)`` of q(z_l | x_S, z_{l+1}) and ``(loc, var)`` of p(z_l | z_{l+1}), ``[*lead, D]`` each.
@@ -195,14 +203,19 @@ class MHVAE(MultimodalVAE):
             return prior_loc, prior_var, prior_loc, prior_var
         lead = above.shape[:-1]
         locs, variances = [prior_loc], [prior_var]
-        for name, features in zip(self.names, skips, strict=True):
+        for m, (name, features) in enumerate(zip(self.names, skips, strict=True)):
             if features is None:  # absent from x, so never a member
                 locs.append(torch.zeros_like(prior_loc))
                 variances.append(torch.ones_like(prior_var))
                 continue
-            d = features[index].expand(*lead, features[index].shape[-1])
+            where = None if rows is None else rows[m]
+            h_m = h if where is None else h.index_select(0, where)
+            d = features[index].expand(*h_m.shape[:-1], features[index].shape[-1])
             block = cast(LadderEncoder, self.encoders[name]).experts[index]
-            loc, var = _gaussian_rows(cast(GaussianEncoder, block), torch.cat([h, d], -1))
+            loc, var = _gaussian_rows(cast(GaussianEncoder, block), torch.cat([h_m, d], -1))
+            if where is not None:  # placeholders N(0, 1) elsewhere, masked out below
+                loc = torch.zeros_like(prior_loc).index_copy(0, where, loc)
+                var = torch.ones_like(prior_var).index_copy(0, where, var)
             locs.append(loc)
             variances.append(var)
         keep = torch.cat([torch.ones_like(members[:1]), members])
@@ -218,12 +231,13 @@ class MHVAE(MultimodalVAE):
         skips: Sequence[Sequence[Tensor] | None] | None,
         members: Tensor | None,
         choose: Choose,
+        rows: Sequence[Tensor | None] | None = None,
     ) -> list[Level]:
         """Descend from z_L to z_1, picking each level's value with ``choose``.
 
         Args:
             top_loc, top_var: q(z_L | x_S), ``[*lead, D]`` (the sample shape already in ``*lead``).
-            skips, members: As for :meth:`level`.
+            skips, members, rows: As for :meth:`level`.
             choose: ``(l - 1, loc, var) -> z_l``: a draw, the mean, or given values.
 
         Returns:
@@ -233,7 +247,7 @@ class MHVAE(MultimodalVAE):
         z = choose(top, top_loc, top_var)
         out = [Level(z, top_loc, top_var, torch.zeros_like(top_loc), torch.ones_like(top_var))]
         for index in range(self.levels - 2, -1, -1):
-            loc, var, prior_loc, prior_var = self.level(index, z, skips, members)
+            loc, var, prior_loc, prior_var = self.level(index, z, skips, members, rows)
             z = choose(index, loc, var)
             out.append(Level(z, loc, var, prior_loc, prior_var))
         return out[::-1]
@@ -242,6 +256,12 @@ class MHVAE(MultimodalVAE):
     def posterior(self, x: dict[str, Tensor], members: Tensor, *, proposal: bool = False) -> Distribution:
         """q(u | x_S) for ``members [M, *S, B]``: a :class:`LadderDistribution` with batch
         ``members.shape[1:]`` (the training posterior and the proposal are the same)."""
+        return self.subset_ladder(x, members)
+
+    def subset_ladder(
+        self, x: dict[str, Tensor], members: Tensor, rows: Sequence[Tensor | None] | None = None
+    ) -> LadderDistribution:
+        """:meth:`posterior`, with the optional ``rows`` of :meth:`level` (``members [M, S, B]``)."""
         ladders = self.ladders(x)
         lead = members.shape[1:-1]
         view = (ladders.top_loc.shape[0], *([1] * len(lead)), *ladders.top_loc.shape[1:])
@@ -250,7 +270,7 @@ class MHVAE(MultimodalVAE):
             ladders.top_scale.pow(2).reshape(view).expand(-1, *members.shape[1:], -1),
             members,
         )
-        return LadderDistribution(self, top_loc, top_var, ladders.skips, members)
+        return LadderDistribution(self, top_loc, top_var, ladders.skips, members, rows)
 
     def prior(self) -> Distribution:
         """p(u) = N(z_L; 0, I) prod_{l<L} p(z_l | z_{l+1}), batch shape ``[]``."""
@@ -283,8 +303,10 @@ class LadderDistribution(Distribution):
         top_var: Tensor,
         skips: Sequence[Sequence[Tensor] | None] | None,
         members: Tensor | None,
+        rows: Sequence[Tensor | None] | None = None,
     ) -> None:
         self.model = model
+        self.rows = rows
         self.top_loc = top_loc
         self.top_var = top_var
         self.members = members
@@ -295,7 +317,9 @@ class LadderDistribution(Distribution):
 
     def _walk(self, lead: torch.Size, choose: Choose) -> list[Level]:
         shape = (*lead, self.top_loc.shape[-1])
-        return self.model.walk(self.top_loc.expand(shape), self.top_var.expand(shape), self.skips, self.members, choose)
+        top_loc, top_var = self.top_loc.expand(shape), self.top_var.expand(shape)
+        rows = self.rows if lead == self.batch_shape else None  # rows index the batch's first axis
+        return self.model.walk(top_loc, top_var, self.skips, self.members, choose, rows)
 
     def rsample(self, sample_shape: torch.Size | Sequence[int] = torch.Size()) -> Tensor:
         lead = torch.Size(sample_shape) + self.batch_shape

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, cast
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor, nn
 
 from omnivae.errors import UserError
 from omnivae.functional import kl_normal_normal, kl_normal_standard, subset_matrix
-from omnivae.methods.mhvae.model import MHVAE, LadderDistribution, LadderEncoder, gaussian_block
+from omnivae.methods.mhvae.model import MHVAE, LadderEncoder, gaussian_block
 from omnivae.modalities import ModalitySpec
 from omnivae.models.options import MethodOptions, option
 from omnivae.models.recipe import ModelParts
@@ -68,13 +68,28 @@ class MHVAELoss(Objective):
         count = inside.sum(0, keepdim=True).clamp_min(1)
         return members, inside / count
 
+    def expert_rows(self, count: int, device: torch.device) -> list[Tensor | None] | None:
+        """For ``"all"``: per modality, the subsets (rows of ``subset_matrix``) it belongs to,
+        where alone its lower levels' experts are computed (found on the host: no sync)."""
+        if self.subsets != "all":
+            return None
+        table = subset_matrix(count)
+        return [table[:, m].nonzero().squeeze(-1).to(device) for m in range(count)]
+
     def elbo_terms(
-        self, model: MHVAE, x: dict[str, Tensor], members: Tensor, mask: Tensor, noise: Sequence[Tensor] | None = None
+        self,
+        model: MHVAE,
+        x: dict[str, Tensor],
+        members: Tensor,
+        mask: Tensor,
+        noise: Sequence[Tensor] | None = None,
+        rows: Sequence[Tensor | None] | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """Reconstruction ``[K, B]`` and the KL of each level z_1 .. z_L (``[K, B]`` each)
         for the posteriors of ``members [M, K, B]``; ``noise`` (tests) fixes the standard
-        normal draws of z_1 .. z_L (``[K, B, D]`` each)."""
-        q = cast(LadderDistribution, model.posterior(x, members))
+        normal draws, ``noise[l - 1]`` of z_l (``[K, B, D]``); ``rows`` as for
+        :meth:`MHVAE.level`."""
+        q = model.subset_ladder(x, members, rows)
 
         def draw(index: int, loc: Tensor, var: Tensor) -> Tensor:
             eps = torch.randn_like(loc) if noise is None else noise[index]
@@ -89,7 +104,7 @@ class MHVAELoss(Objective):
 
     def __call__(self, model: MHVAE, x: dict[str, Tensor], mask: Tensor, kl_weight: float = 1.0) -> ObjectiveOutput:
         members, weights = self.members(mask)
-        rec, kls = self.elbo_terms(model, x, members, mask)
+        rec, kls = self.elbo_terms(model, x, members, mask, rows=self.expert_rows(mask.shape[0], mask.device))
         kl = torch.stack(kls).sum(0)
         zero = rec.new_zeros(())
         weights = weights.to(rec.dtype)
