@@ -35,7 +35,7 @@ class MHVAELoss(Objective):
                             + sum_{l<L} KL(q(z_l | x_S, z_{l+1}) || p(z_l | z_{l+1})) ],
 
     each KL in closed form given the drawn z_{l+1} (the hierarchical ELBO of ladder VAEs,
-    Sonderby et al. 2016; NVAE, Vahdat & Kautz 2020, Eq. 2; Dorent et al. 2023, Sec. 2).
+    Sonderby et al. 2016; NVAE, Vahdat & Kautz 2020; Dorent et al. 2023, Sec. 2; equation numbers not checked offline).
     The row's loss is -ELBO_S averaged over all 2^|O| - 1 subsets (``subsets="all"``, as
     MultiVae), or for one subset drawn uniformly (``"sampled"``); the batch loss is the
     mean over rows. Unobserved modalities enter no product and no reconstruction.
