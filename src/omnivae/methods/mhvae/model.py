@@ -287,6 +287,7 @@ class LadderDistribution(Distribution):
         skips: Per modality its bottom-up features (``[B, F]`` each, broadcast to ``*B``),
             or None for the prior.
         members: ``[M, *B]``, the experts in each element's products; None for the prior.
+        rows: As for :meth:`MHVAE.level`, used by walks over the batch shape alone.
 
     Shapes: ``rsample(sample_shape)`` ``[*sample_shape, *B, L D]``; ``log_prob(u [..., *B,
     L D])`` ``[..., *B]``; ``mean`` (the ancestral mean path) ``[*B, L D]``.
