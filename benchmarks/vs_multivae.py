@@ -159,6 +159,7 @@ METHODS: dict[str, Method] = {
     "crmvae": Method("CRMVAE", "crmvae", beta=2.5),
     "cmvae": Method("CMVAE K=1", "cmvae", num_samples=1, dreg=True),
     "cmvae10": Method("CMVAE K=10", "cmvae", num_samples=10, dreg=True),
+    "mhvae": Method("MHVAE L=3", "mhvae"),
 }
 
 
@@ -198,6 +199,8 @@ def build_omnivae(method: str, backbone: str, modalities):
         options = {"private_dim": W_DIM}
     if m.omni == "cmvae":
         options = {"w_dim": W_DIM, "number_of_clusters": CLUSTERS}
+    if m.omni == "mhvae":
+        options = {"levels": 3, "subsets": "all"}  # MultiVae's n_latent default; its mean over all subsets
     config = ModelConfig(
         model=m.omni, latent_dim=LATENT, backbone=backbone, hidden=list(HIDDEN), likelihood="laplace",
         num_samples=m.num_samples, dreg=m.dreg, beta=m.beta, alpha=0.1, tc_ratio=5 / 6, options=options,
@@ -353,7 +356,56 @@ def build_multivae(method: str, omni_model, hmc_steps: int = 100):
             for c, mean in enumerate(model.mean_clusters):
                 mean.copy_(omni_model.mixture.loc[c : c + 1])
         return model
+    if m.omni == "mhvae":
+        return _multivae_mhvae(omni_model, common, decoders, m.beta)
     raise ValueError(method)
+
+
+def _multivae_mhvae(omni_model, common: dict, decoders: dict, beta: float):
+    """MultiVae's MHVAE around omnivae's MHVAE modules: each ``LadderEncoder`` split into
+    MultiVae's first-layer encoder (the body), bottom-up blocks (the last one ending in the
+    top expert's heads) and per-modality posterior blocks; the shared top-down and prior
+    blocks as they are. Both concatenate ``[h_l, d_l]`` in that order."""
+    from multivae import models as mv
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn.base_architectures import BaseEncoder
+
+    from omnivae.nn import soft_clamp
+
+    class Features(BaseEncoder):
+        """d^1 = body(x), MultiVae's ``encoders[m]`` output (``embedding`` only)."""
+
+        def __init__(self, body):
+            super().__init__()
+            self.body = body
+
+        def forward(self, x):
+            return ModelOutput(embedding=self.body(x))
+
+    class Gaussian(BaseEncoder):
+        """An omnivae Gaussian block (after an optional module): MultiVae's mean and log-variance."""
+
+        def __init__(self, net, before=None):
+            super().__init__()
+            self.net = net
+            self.before = before
+
+        def forward(self, h):
+            if self.before is not None:
+                h = self.before(h)
+            h = self.net.body(h)
+            return ModelOutput(embedding=self.net.loc(h), log_covariance=soft_clamp(self.net.logvar(h), -12.0, 8.0))
+
+    ladders = dict(omni_model.encoders.items())
+    return mv.MHVAE(
+        mv.MHVAEConfig(**common, n_latent=omni_model.levels, beta=beta),
+        encoders={n: Features(ladder.body) for n, ladder in ladders.items()},
+        decoders=decoders,
+        bottom_up_blocks={n: [*ladder.up[:-1], Gaussian(ladder.top, ladder.up[-1])] for n, ladder in ladders.items()},
+        top_down_blocks=list(omni_model.top_down),
+        posterior_blocks={n: [Gaussian(e) for e in ladder.experts] for n, ladder in ladders.items()},
+        prior_blocks=[Gaussian(p) for p in omni_model.level_priors],
+    )
 
 
 def multivae_dataset(split, rows: int | None = None):

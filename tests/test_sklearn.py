@@ -215,7 +215,8 @@ def test_readme_sklearn_section_runs():
 def test_every_method_fits_transforms_and_imputes(name):
     """Methods with a latent block per modality (MM-VAMP, MMVAE+) give wider codes; rows
     with nothing observed get the prior's mean (zeros for the N(0, I) blocks; CMVAE's
-    mixture prior on z has the mean sum_c pi_c mu_c)."""
+    mixture prior on z has the mean sum_c pi_c mu_c; MHVAE's hierarchical prior has the
+    ancestral mean of its learnt levels)."""
     rng = np.random.default_rng(0)
     X = {"a": rng.normal(size=(40, 3)), "b": rng.normal(size=(40, 2))}
     X["b"][:5] = np.nan

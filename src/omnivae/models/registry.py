@@ -22,6 +22,7 @@ from omnivae.methods import (
     dmvae,
     jmvae,
     jnf,
+    mhvae,
     mmvaeplus,
     mmvamp,
     mvtcae,
@@ -41,7 +42,7 @@ __all__ = ["MODELS", "build_model", "check_networks", "recipe_options", "parse_o
 
 MODELS: dict[str, Recipe] = {
     recipe.name: recipe
-    for family in (barycentric, jmvae, mvtcae, jnf, mmvamp, mmvaeplus, nexus, crmvae, telbo, dmvae, cmvae)
+    for family in (barycentric, jmvae, mvtcae, jnf, mmvamp, mmvaeplus, nexus, crmvae, telbo, dmvae, cmvae, mhvae)
     for recipe in family.RECIPES
 }
 """Every registered recipe by name."""
