@@ -223,6 +223,12 @@ def test_every_method_fits_transforms_and_imputes(name):
     z = vae.transform(Y)
     assert z.shape == (4, len(vae.get_feature_names_out())) and z.shape[1] >= 2
     np.testing.assert_array_equal(z[3], 0.0)
+    if MODELS[name].generates == "target":  # the CVAE decodes only given its conditions
+        with pytest.raises(UserError, match="conditional_generate"):
+            vae.impute(Y)
+        with pytest.raises(UserError, match="conditional_generate"):
+            vae.sample(2)
+        return
     filled = vae.impute(Y)
     assert filled["b"].shape == (4, 2) and np.isfinite(filled["b"]).all()
     assert np.isfinite(vae.sample(2)["a"]).all()

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -257,6 +257,13 @@ def evaluate_run(
         reconstruction_error,
     )
     from omnivae.metrics.common import require_labels
+    from omnivae.metrics.target import (
+        SKIPPED,
+        target_coherence,
+        target_log_likelihood,
+        target_reconstruction_error,
+    )
+    from omnivae.models import MODELS
 
     options = options or EvalOptions()
     options.validate()
@@ -290,6 +297,8 @@ def evaluate_run(
                             "has several labels per row; leave clustering out of the metrics")
         options = replace(options, metrics=tuple(m for m in options.metrics if m != "clustering"))
     model = run.model
+    # A model that generates one target given conditions (the CVAE) gets the metrics it defines.
+    target_only = MODELS[run.model_config.model].generates == "target"
     if device.type == "cpu":
         # oneDNN runs the conv decoders ~1.4x faster with channels-last weights (same values).
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
@@ -316,6 +325,9 @@ def evaluate_run(
         timings["classifiers"] = time.perf_counter() - started
 
     latent_sampler = None
+    if target_only and options.sampler != "prior":
+        raise UserError(f"{run.model_config.model} generates only given its conditions; a latent sampler "
+                        f"({options.sampler!r}) has nothing to sample for; use sampler='prior'", parameter="sampler")
     if options.sampler != "prior" and any(m in options.metrics for m in ("coherence", "fd")):
         from omnivae.latent_samplers import run_latent_sampler
 
@@ -340,11 +352,15 @@ def evaluate_run(
         started = time.perf_counter()
         model.reset_sampler_statistics()
         assert classifiers is not None  # trained above for coherence
-        coherence = conditional_coherence(model, test_rows, classifiers, seed=options.seed, progress=progress, **common)
-        coherence["joint"] = joint_coherence(
-            model, classifiers, num_samples=_given(settings.joint_coherence_samples), seed=options.seed,
-            progress=progress, latent_sampler=latent_sampler, **common,
-        )
+        if target_only:
+            coherence = target_coherence(model, test_rows, classifiers, seed=options.seed, progress=progress, **common)
+        else:
+            coherence = conditional_coherence(model, test_rows, classifiers, seed=options.seed, progress=progress,
+                                              **common)
+            coherence["joint"] = joint_coherence(
+                model, classifiers, num_samples=_given(settings.joint_coherence_samples), seed=options.seed,
+                progress=progress, latent_sampler=latent_sampler, **common,
+            )
         results["coherence"] = coherence
         record("coherence", started, test_rows, **sampled)
     if "probe" in options.metrics:
@@ -362,12 +378,15 @@ def evaluate_run(
             device=device, progress=progress,
         )
         assert likelihood_test is not None
-        likelihood = conditional_log_likelihoods(model, likelihood_test, **lik_options)
-        likelihood["joint"] = joint_log_likelihood(model, likelihood_test, **lik_options)
+        if target_only:
+            likelihood = target_log_likelihood(model, likelihood_test, **lik_options)
+        else:
+            likelihood = conditional_log_likelihoods(model, likelihood_test, **lik_options)
+            likelihood["joint"] = joint_log_likelihood(model, likelihood_test, **lik_options)
         likelihood["num_samples"] = settings.num_importance_samples
         results["likelihood"] = likelihood
         record("likelihood", started, likelihood_test)
-    if "fd" in options.metrics:
+    if "fd" in options.metrics and not target_only:
         started = time.perf_counter()
         model.reset_sampler_statistics()
         feature_fn = None
@@ -382,13 +401,16 @@ def evaluate_run(
     if "recon" in options.metrics:
         started = time.perf_counter()
         model.reset_sampler_statistics()
-        results["recon"] = reconstruction_error(model, test_rows, progress=progress, **common)
+        reconstruct = target_reconstruction_error if target_only else reconstruction_error
+        results["recon"] = reconstruct(model, test_rows, progress=progress, **common)
         record("recon", started, test_rows)
     if "clustering" in options.metrics:
         started = time.perf_counter()
         model.reset_sampler_statistics()
         results["clustering"] = latent_clustering(model, test_rows, seed=options.seed, progress=progress, **common)
         record("clustering", started, test_rows)
+    if target_only:
+        results["skipped"] = {k: v for k, v in SKIPPED.items() if k.split()[-1] in options.metrics}
     results["seconds"] = timings
     results["settings"] = recorded
     if sampler:
@@ -452,10 +474,14 @@ def draw_figures(run: LoadedRun, test: MultimodalDataset, results: dict, folder:
     for size in range(1, len(names)):
         index = int((table.sum(1) == size).nonzero()[0])
         given = [n for n, keep in zip(names, table[index].tolist(), strict=False) if keep]
+        if run.model.generated != tuple(names):  # a CVAE: one grid, its target given its conditions
+            given = list(cast(Any, run.model).conditions)
+            if size != len(given):
+                continue
         inputs, generated, observed, row_labels = draw_samples(run, test, given, 10, seed)
         file = f"samples_given_{size}.png"
         sample_grid(inputs, generated, run.modalities, folder / file, observed=observed, row_labels=row_labels,
-                    title=f"given {keys[index]}: test examples across classes (seed {seed})")
+                    title=f"given {'+'.join(given)}: test examples across classes (seed {seed})")
         written.append(f"figures/{file}")
     label = run.model_config.model
     curves = {}

@@ -18,6 +18,7 @@ from omnivae.errors import UserError
 from omnivae.methods import (
     barycentric,
     crmvae,
+    cvae,
     dmvae,
     jmvae,
     jnf,
@@ -40,7 +41,7 @@ __all__ = ["MODELS", "build_model", "check_networks", "recipe_options", "parse_o
 
 MODELS: dict[str, Recipe] = {
     recipe.name: recipe
-    for family in (barycentric, jmvae, mvtcae, jnf, mmvamp, mmvaeplus, nexus, crmvae, telbo, dmvae)
+    for family in (barycentric, jmvae, mvtcae, jnf, mmvamp, mmvaeplus, nexus, crmvae, telbo, dmvae, cvae)
     for recipe in family.RECIPES
 }
 """Every registered recipe by name."""
