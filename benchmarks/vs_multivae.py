@@ -130,6 +130,7 @@ METHODS: dict[str, Method] = {
     "mvtcae": Method("MVTCAE", "mvtcae", beta=2.5),
     "mmvaeplus": Method("MMVAE+ K=1", "mmvae+", num_samples=1, dreg=True),
     "mmvaeplus10": Method("MMVAE+ K=10", "mmvae+", num_samples=10, dreg=True),
+    "cvae": Method("CVAE (m0 given m1..m4)", "cvae"),
 }
 
 
@@ -258,6 +259,8 @@ def build_multivae(method: str, omni_model, hmc_steps: int = 100):
         def inverse(self, y, **kwargs):
             return ModelOutput(out=self.flow.generate(y))
 
+    if m.omni == "cvae":  # a joint recognition encoder and a conditional decoder, no per-modality pairs
+        return _multivae_cvae(omni_model, JointEncoder(omni_model.recognition))
     shared = LATENT if m.omni == "mmvae+" else None
     encoders = {n: Encoder(omni_model.encoders[n], shared) for n in names}
     decoders = {n: Decoder(omni_model.decoders[n]) for n in names}
@@ -303,6 +306,41 @@ def build_multivae(method: str, omni_model, hmc_steps: int = 100):
         )
         return mv.MMVAEPlus(config, encoders, decoders)
     raise ValueError(method)
+
+
+def _multivae_cvae(omni_model, recognition):
+    """MultiVae's CVAE (target = omnivae's, conditions = omnivae's, N(0, I) prior) around
+    omnivae's recognition network, condition feature bodies and target decoder.
+
+    MultiVae's default conditional decoder reads the raw flattened conditions; here it reads
+    [z, h(x_c)] with omnivae's learnt condition features h, so both sides train one network.
+    """
+    import torch
+    from multivae import models as mv
+    from multivae.models.nn.base_architectures import BaseConditionalDecoder
+    from pythae.models.base.base_utils import ModelOutput
+
+    class ConditionalDecoder(BaseConditionalDecoder):
+        def __init__(self, model):
+            super().__init__()
+            self.latent_dim = LATENT
+            self.conditions = list(model.conditions)
+            self.features = model.condition_features
+            self.body = model.decoders[model.target].body
+            self.sigmoid = bool(getattr(model.decoders[model.target].head, "sigmoid_loc", False))
+
+        def forward(self, z, cond_mods):
+            h = torch.cat([self.features[n](cond_mods[n]) for n in self.conditions], -1)
+            raw = self.body(torch.cat([z, h], -1))
+            return ModelOutput(reconstruction=torch.sigmoid(raw) if self.sigmoid else raw)
+
+    names = list(omni_model.names)
+    config = mv.CVAEConfig(
+        input_dims={n: tuple(s.shape) for n, s in zip(names, omni_model.modalities)}, latent_dim=LATENT,
+        conditioning_modalities=list(omni_model.conditions), main_modality=omni_model.target, beta=1.0,
+        decoder_dist="laplace", decoder_dist_params={"scale": LIKELIHOOD_SCALE},
+    )
+    return mv.CVAE(config, encoder=recognition, decoder=ConditionalDecoder(omni_model))
 
 
 def multivae_dataset(split, rows: int | None = None):

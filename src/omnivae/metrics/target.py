@@ -23,17 +23,20 @@ The model is duck-typed: ``target``, ``conditions``, ``conditional_generate``,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from omnivae.data.base import MultimodalDataset
+from omnivae.errors import UserError
 from omnivae.metrics.classifiers import (
     ModalityClassifiers,
     balanced_accuracy,
     mean_average_precision,
 )
 from omnivae.metrics.common import (
+    all_subsets,
     eval_batches,
     evaluating,
     model_inputs,
@@ -42,7 +45,15 @@ from omnivae.metrics.common import (
     seeded,
 )
 
-__all__ = ["SKIPPED", "target_coherence", "target_log_likelihood", "target_reconstruction_error"]
+__all__ = [
+    "SKIPPED",
+    "generates_one_target",
+    "sample_grid_inputs",
+    "skipped",
+    "target_coherence",
+    "target_log_likelihood",
+    "target_reconstruction_error",
+]
 
 SKIPPED: dict[str, str] = {
     "joint coherence": "the model generates its target only given its conditions; there is no unconditional sample",
@@ -50,6 +61,40 @@ SKIPPED: dict[str, str] = {
     "fd": "no unconditional samples, and the conditions are not generated",
 }
 """The metrics a target-only model does not define, with the reason ``eval.json`` records."""
+
+
+def generates_one_target(model_name: str, sampler: str = "prior") -> bool:
+    """Whether recipe ``model_name`` generates one target given conditions
+    (``Recipe.generates``), so that evaluation computes the metrics here.
+
+    Raises:
+        UserError: for such a model with a latent ``sampler`` other than the prior (it has
+            no unconditional samples to draw).
+    """
+    from omnivae.models import MODELS
+
+    if MODELS[model_name].generates != "target":
+        return False
+    if sampler != "prior":
+        raise UserError(f"{model_name} generates only given its conditions; a latent sampler ({sampler!r}) "
+                        "has nothing to sample for; use sampler='prior'", parameter="sampler")
+    return True
+
+
+def skipped(metrics: Sequence[str]) -> dict[str, dict[str, str]]:
+    """``{"skipped": ...}``, the entries of :data:`SKIPPED` that belong to the requested ``metrics``."""
+    return {"skipped": {name: why for name, why in SKIPPED.items() if name.split()[-1] in metrics}}
+
+
+def sample_grid_inputs(model: Any) -> list[list[str]]:
+    """The inputs of ``evaluate``'s sample grids: the first subset (in :func:`all_subsets`
+    order) of each size 1..M-1, or, for a model that generates one target, its conditions."""
+    names = list(model.names)
+    if tuple(model.generated) != tuple(names):
+        return [list(model.conditions)]
+    table, _ = all_subsets(names)
+    firsts = [int((table.sum(1) == size).nonzero()[0]) for size in range(1, len(names))]
+    return [[n for n, keep in zip(names, table[i].tolist(), strict=True) if keep] for i in firsts]
 
 
 def _masks(model: Any, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
