@@ -42,7 +42,10 @@ What is identical
   MMVAE+ keeps its learnable modality priors, omnivae's learnable auxiliary scales).
 - **Objectives' settings.** MMVAE(+): DReG ("dreg_looser") with K importance samples;
   MVAE: joint + unimodal ELBOs, no random subsets (MultiVae ``k=0``); MVTCAE: alpha 5/6,
-  beta 2.5; JMVAE: alpha 0.1; MMVAE+: private latent size 32.
+  beta 2.5; JMVAE: alpha 0.1; MMVAE+: private latent size 32. CVAE: target m0 given m1..m4,
+  N(0, I) prior (no ``prior_network``); MultiVae's ``CVAE`` gets omnivae's recognition
+  network (a joint encoder) and a conditional decoder reading [z, omnivae's condition
+  features] (its default decoder reads the raw conditions; benchmarks/README.md).
 - **Data.** omnivae's offline PolyMNIST (5 modalities of 3x28x28, 4,000 training
   samples), the same rows in both (MultiVae gets them as float tensors in a
   ``MultimodalBaseDataset``; omnivae keeps its uint8 storage and scales per batch).
