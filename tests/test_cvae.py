@@ -88,6 +88,12 @@ def test_bad_roles_are_one_error_naming_the_parameter(options, parameter, patter
     assert err.value.parameter == parameter
 
 
+def test_an_aggregator_does_not_apply():
+    with pytest.raises(UserError, match="an aggregator does not apply") as err:
+        build_model(tiny_config("cvae", aggregator="poe"), VECTORS)
+    assert err.value.parameter == "aggregator"
+
+
 def test_one_modality_is_not_enough():
     with pytest.raises(UserError, match="at least one condition"):
         build_model(tiny_config("cvae"), VECTORS[:1])

@@ -333,6 +333,9 @@ class CVAELoss(Objective):
 
 def _build(config: ModelConfig, modalities: Sequence[ModalitySpec], parts: ModelParts) -> CVAEModel:
     """The CVAE's networks for ``target`` and ``condition`` (see the module docstring)."""
+    if config.aggregator is not None:
+        raise UserError("cvae encodes the target and its conditions with one recognition network; "
+                        "an aggregator does not apply to it", parameter="aggregator")
     parts.require("covariance", "diag", "recognition and prior networks give diagonal Gaussians")
     parts.require("prior", "normal", "KL to p(z | x_c) is between Gaussians")
     options = config.settings_as(CVAEOptions)
