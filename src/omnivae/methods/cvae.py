@@ -373,7 +373,7 @@ RECIPES: tuple[Recipe, ...] = (
         lambda c: CVAELoss(beta=c.beta),
         build=_build,
         options_type=CVAEOptions,
-        complete_rows_only=True,
+        complete_rows_only=True,  # exact for the default roles, which cover every modality
         swappable=False,
         generates="target",
     ),
