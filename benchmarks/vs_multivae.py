@@ -48,6 +48,10 @@ What is identical
   the encoders' outputs split as for MMVAE+), beta 1; CRMVAE: beta 2.5 (MultiVae's default). CMVAE: MMVAE+'s settings
   plus 10 clusters of unit variance (MultiVae's fixed cluster log-variances; omnivae's
   default), pi = softmax of learnt logits, the same initial cluster means (copied).
+  CVAE: target m0 given m1..m4,
+  N(0, I) prior (no ``prior_network``); MultiVae's ``CVAE`` gets omnivae's recognition
+  network (a joint encoder) and a conditional decoder reading [z, omnivae's condition
+  features] (its default decoder reads the raw conditions; benchmarks/README.md).
 - **Data.** omnivae's offline PolyMNIST (5 modalities of 3x28x28, 4,000 training
   samples), the same rows in both (MultiVae gets them as float tensors in a
   ``MultimodalBaseDataset``; omnivae keeps its uint8 storage and scales per batch).
@@ -160,6 +164,7 @@ METHODS: dict[str, Method] = {
     "cmvae": Method("CMVAE K=1", "cmvae", num_samples=1, dreg=True),
     "cmvae10": Method("CMVAE K=10", "cmvae", num_samples=10, dreg=True),
     "mhvae": Method("MHVAE L=3", "mhvae"),
+    "cvae": Method("CVAE (m0 given m1..m4)", "cvae"),
 }
 
 
@@ -294,6 +299,8 @@ def build_multivae(method: str, omni_model, hmc_steps: int = 100):
         def inverse(self, y, **kwargs):
             return ModelOutput(out=self.flow.generate(y))
 
+    if m.omni == "cvae":  # a joint recognition encoder and a conditional decoder, no per-modality pairs
+        return _multivae_cvae(omni_model, JointEncoder(omni_model.recognition))
     shared = LATENT if m.omni in ("mmvae+", "dmvae", "cmvae") else None
     encoders = {n: Encoder(omni_model.encoders[n], shared) for n in names}
     decoders = {n: Decoder(omni_model.decoders[n]) for n in names}
@@ -406,6 +413,39 @@ def _multivae_mhvae(omni_model, common: dict, decoders: dict, beta: float):
         posterior_blocks={n: [Gaussian(e) for e in ladder.experts] for n, ladder in ladders.items()},
         prior_blocks=[Gaussian(p) for p in omni_model.level_priors],
     )
+def _multivae_cvae(omni_model, recognition):
+    """MultiVae's CVAE (target = omnivae's, conditions = omnivae's, N(0, I) prior) around
+    omnivae's recognition network, condition feature bodies and target decoder.
+
+    MultiVae's default conditional decoder reads the raw flattened conditions; here it reads
+    [z, h(x_c)] with omnivae's learnt condition features h, so both sides train one network.
+    """
+    import torch
+    from multivae import models as mv
+    from multivae.models.nn.base_architectures import BaseConditionalDecoder
+    from pythae.models.base.base_utils import ModelOutput
+
+    class ConditionalDecoder(BaseConditionalDecoder):
+        def __init__(self, model):
+            super().__init__()
+            self.latent_dim = LATENT
+            self.conditions = list(model.conditions)
+            self.features = model.condition_features
+            self.body = model.decoders[model.target].body
+            self.sigmoid = bool(getattr(model.decoders[model.target].head, "sigmoid_loc", False))
+
+        def forward(self, z, cond_mods):
+            h = torch.cat([self.features[n](cond_mods[n]) for n in self.conditions], -1)
+            raw = self.body(torch.cat([z, h], -1))
+            return ModelOutput(reconstruction=torch.sigmoid(raw) if self.sigmoid else raw)
+
+    names = list(omni_model.names)
+    config = mv.CVAEConfig(
+        input_dims={n: tuple(s.shape) for n, s in zip(names, omni_model.modalities)}, latent_dim=LATENT,
+        conditioning_modalities=list(omni_model.conditions), main_modality=omni_model.target, beta=1.0,
+        decoder_dist="laplace", decoder_dist_params={"scale": LIKELIHOOD_SCALE},
+    )
+    return mv.CVAE(config, encoder=recognition, decoder=ConditionalDecoder(omni_model))
 
 
 def multivae_dataset(split, rows: int | None = None):

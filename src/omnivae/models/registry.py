@@ -19,6 +19,7 @@ from omnivae.methods import (
     barycentric,
     cmvae,
     crmvae,
+    cvae,
     dmvae,
     jmvae,
     jnf,
@@ -42,7 +43,7 @@ __all__ = ["MODELS", "build_model", "check_networks", "recipe_options", "parse_o
 
 MODELS: dict[str, Recipe] = {
     recipe.name: recipe
-    for family in (barycentric, jmvae, mvtcae, jnf, mmvamp, mmvaeplus, nexus, crmvae, telbo, dmvae, cmvae, mhvae)
+    for family in (barycentric, jmvae, mvtcae, jnf, mmvamp, mmvaeplus, nexus, crmvae, telbo, dmvae, cmvae, mhvae, cvae)
     for recipe in family.RECIPES
 }
 """Every registered recipe by name."""
