@@ -42,7 +42,16 @@ What is identical
   MMVAE+ keeps its learnable modality priors, omnivae's learnable auxiliary scales).
 - **Objectives' settings.** MMVAE(+): DReG ("dreg_looser") with K importance samples;
   MVAE: joint + unimodal ELBOs, no random subsets (MultiVae ``k=0``); MVTCAE: alpha 5/6,
-  beta 2.5; JMVAE: alpha 0.1; MMVAE+: private latent size 32.
+  beta 2.5; JMVAE: alpha 0.1; MMVAE+: private latent size 32; TELBO: likelihood weights 1
+  (MultiVae ``uses_likelihood_rescaling=False``, so its lambda and gamma factors are 1);
+  DMVAE: private latents of size 32 per modality (MultiVae ``modalities_specific_dim``,
+  the encoders' outputs split as for MMVAE+), beta 1; CRMVAE: beta 2.5 (MultiVae's default). CMVAE: MMVAE+'s settings
+  plus 10 clusters of unit variance (MultiVae's fixed cluster log-variances; omnivae's
+  default), pi = softmax of learnt logits, the same initial cluster means (copied).
+  CVAE: target m0 given m1..m4,
+  N(0, I) prior (no ``prior_network``); MultiVae's ``CVAE`` gets omnivae's recognition
+  network (a joint encoder) and a conditional decoder reading [z, omnivae's condition
+  features] (its default decoder reads the raw conditions; benchmarks/README.md).
 - **Data.** omnivae's offline PolyMNIST (5 modalities of 3x28x28, 4,000 training
   samples), the same rows in both (MultiVae gets them as float tensors in a
   ``MultimodalBaseDataset``; omnivae keeps its uint8 storage and scales per batch).
@@ -60,6 +69,8 @@ What is identical
   (``epoch <= warmup``) and omnivae's first ``Trainer`` stage; stage 2 (unimodal flow
   posteriors) is MultiVae's phase after warm-up (a fresh Adam, as its
   ``MultistageTrainer`` makes) and omnivae's second stage (``Trainer._enter_stage(1)``).
+- **TELBO's stages** likewise: stage 1 (joint encoder and decoders) is MultiVae's
+  ``epoch <= warmup``, stage 2 (unimodal encoders, decoders frozen) its later epochs.
 - **HMC and coherence** (JNF): one JNF is trained briefly by omnivae (``--prepare-epochs``
   per stage) and its weights are loaded into both libraries, with the same PolyMNIST
   classifiers (omnivae's ``ConvClassifier``, trained ``--classifier-epochs``). HMC: 100
@@ -69,6 +80,22 @@ What is identical
   outside it, one draw per row, on the first ``--eval-samples`` test rows, plus the joint
   coherence of ``--joint-samples`` prior draws (MultiVae ``CoherenceEvaluator.eval()``;
   omnivae ``conditional_coherence`` + ``joint_coherence``).
+
+What differs (TELBO, DMVAE, CRMVAE)
+----------------------------------
+- TELBO stage 2: MultiVae's forward still runs the frozen joint encoder and the decoders
+  on the joint sample every step and discards the result; omnivae runs only the unimodal
+  encoders and decoders. MultiVae's unimodal KL term (``telbo_model.py``) reads the joint
+  encoder's log-variance where the unimodal one belongs, so its stage-2 objective is not
+  the unimodal ELBO in that term; omnivae uses KL(q(z | x_m) || p(z)). That slip changes
+  no cost, only the value and gradient of that term.
+- DMVAE: MultiVae decodes each of its M + 1 ELBOs separately (30 decoder calls per step
+  on PolyMNIST) and draws the private latents afresh in each; omnivae draws them once and
+  makes one decoder call per modality over the M + 1 shared samples. Both put the private
+  KLs in every ELBO (omnivae since issue 21) and the N(0, I) expert in the PoE.
+- CRMVAE: MultiVae sums its loss over the batch, omnivae averages; Adam's update is
+  invariant to a constant scale of the loss (up to its epsilon). MultiVae divides by the
+  total number of modalities, omnivae by the observed ones: equal on complete data.
 
 Memory: on the CPU, the peak resident set of the worker process (``ru_maxrss``), which
 includes each library's imports (``base MB``, the RSS before the model is built, is in the
@@ -98,6 +125,7 @@ from dataclasses import dataclass, field
 LATENT = 20
 HIDDEN = [512, 512]
 W_DIM = 32  # MMVAE+'s private latent size (its PolyMNIST setting)
+CLUSTERS = 10  # CMVAE's number of clusters (MultiVae's default)
 LIKELIHOOD_SCALE = 0.75
 ENV_RECIPE = (
     "python3 -m venv /work/venv-mv && . /work/venv-mv/bin/activate && "
@@ -130,6 +158,13 @@ METHODS: dict[str, Method] = {
     "mvtcae": Method("MVTCAE", "mvtcae", beta=2.5),
     "mmvaeplus": Method("MMVAE+ K=1", "mmvae+", num_samples=1, dreg=True),
     "mmvaeplus10": Method("MMVAE+ K=10", "mmvae+", num_samples=10, dreg=True),
+    "telbo": Method("TELBO", "telbo", stages=(1, 2)),
+    "dmvae": Method("DMVAE", "dmvae"),
+    "crmvae": Method("CRMVAE", "crmvae", beta=2.5),
+    "cmvae": Method("CMVAE K=1", "cmvae", num_samples=1, dreg=True),
+    "cmvae10": Method("CMVAE K=10", "cmvae", num_samples=10, dreg=True),
+    "mhvae": Method("MHVAE L=3", "mhvae"),
+    "cvae": Method("CVAE (m0 given m1..m4)", "cvae"),
 }
 
 
@@ -165,6 +200,12 @@ def build_omnivae(method: str, backbone: str, modalities):
         options = {"hmc_prior_power": "once", "hmc_steps": 100, "hmc_leapfrog": 10, "hmc_step_size": 0.01}
     if m.omni == "mmvae+":
         options = {"w_dim": W_DIM}
+    if m.omni == "dmvae":
+        options = {"private_dim": W_DIM}
+    if m.omni == "cmvae":
+        options = {"w_dim": W_DIM, "number_of_clusters": CLUSTERS}
+    if m.omni == "mhvae":
+        options = {"levels": 3, "subsets": "all"}  # MultiVae's n_latent default; its mean over all subsets
     config = ModelConfig(
         model=m.omni, latent_dim=LATENT, backbone=backbone, hidden=list(HIDDEN), likelihood="laplace",
         num_samples=m.num_samples, dreg=m.dreg, beta=m.beta, alpha=0.1, tc_ratio=5 / 6, options=options,
@@ -258,7 +299,9 @@ def build_multivae(method: str, omni_model, hmc_steps: int = 100):
         def inverse(self, y, **kwargs):
             return ModelOutput(out=self.flow.generate(y))
 
-    shared = LATENT if m.omni == "mmvae+" else None
+    if m.omni == "cvae":  # a joint recognition encoder and a conditional decoder, no per-modality pairs
+        return _multivae_cvae(omni_model, JointEncoder(omni_model.recognition))
+    shared = LATENT if m.omni in ("mmvae+", "dmvae", "cmvae") else None
     encoders = {n: Encoder(omni_model.encoders[n], shared) for n in names}
     decoders = {n: Decoder(omni_model.decoders[n]) for n in names}
     common = dict(
@@ -302,7 +345,107 @@ def build_multivae(method: str, omni_model, hmc_steps: int = 100):
             loss="dreg_looser" if m.dreg else "iwae_looser",
         )
         return mv.MMVAEPlus(config, encoders, decoders)
+    if m.omni == "telbo":  # stage 2 after epoch 10; lambda = gamma = 1 (omnivae's unit likelihood weights)
+        config = mv.TELBOConfig(**common, warmup=10, uses_likelihood_rescaling=False)
+        return mv.TELBO(config, encoders, decoders, joint_encoder=JointEncoder(omni_model.joint_encoder))
+    if m.omni == "dmvae":
+        config = mv.DMVAEConfig(**common, modalities_specific_dim={n: W_DIM for n in names}, beta=m.beta)
+        return mv.DMVAE(config, encoders, decoders)
+    if m.omni == "crmvae":
+        return mv.CRMVAE(mv.CRMVAEConfig(**common, beta=m.beta), encoders, decoders)
+    if m.omni == "cmvae":
+        config = mv.CMVAEConfig(
+            **common, K=m.num_samples, prior_and_posterior_dist="normal", learn_modality_prior=True, beta=m.beta,
+            modalities_specific_dim=W_DIM, number_of_clusters=CLUSTERS, loss="dreg_looser" if m.dreg else "iwae_looser",
+        )
+        model = mv.CMVAE(config, encoders, decoders)
+        with torch.no_grad():  # the same initial cluster means (both draw them uniform in [-1, 1])
+            for c, mean in enumerate(model.mean_clusters):
+                mean.copy_(omni_model.mixture.loc[c : c + 1])
+        return model
+    if m.omni == "mhvae":
+        return _multivae_mhvae(omni_model, common, decoders, m.beta)
     raise ValueError(method)
+
+
+def _multivae_mhvae(omni_model, common: dict, decoders: dict, beta: float):
+    """MultiVae's MHVAE around omnivae's MHVAE modules: each ``LadderEncoder`` split into
+    MultiVae's first-layer encoder (the body), bottom-up blocks (the last one ending in the
+    top expert's heads) and per-modality posterior blocks; the shared top-down and prior
+    blocks as they are. Both concatenate ``[h_l, d_l]`` in that order."""
+    from multivae import models as mv
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn.base_architectures import BaseEncoder
+
+    from omnivae.nn import soft_clamp
+
+    class Features(BaseEncoder):
+        """d^1 = body(x), MultiVae's ``encoders[m]`` output (``embedding`` only)."""
+
+        def __init__(self, body):
+            super().__init__()
+            self.body = body
+
+        def forward(self, x):
+            return ModelOutput(embedding=self.body(x))
+
+    class Gaussian(BaseEncoder):
+        """An omnivae Gaussian block (after an optional module): MultiVae's mean and log-variance."""
+
+        def __init__(self, net, before=None):
+            super().__init__()
+            self.net = net
+            self.before = before
+
+        def forward(self, h):
+            if self.before is not None:
+                h = self.before(h)
+            h = self.net.body(h)
+            return ModelOutput(embedding=self.net.loc(h), log_covariance=soft_clamp(self.net.logvar(h), -12.0, 8.0))
+
+    ladders = dict(omni_model.encoders.items())
+    return mv.MHVAE(
+        mv.MHVAEConfig(**common, n_latent=omni_model.levels, beta=beta),
+        encoders={n: Features(ladder.body) for n, ladder in ladders.items()},
+        decoders=decoders,
+        bottom_up_blocks={n: [*ladder.up[:-1], Gaussian(ladder.top, ladder.up[-1])] for n, ladder in ladders.items()},
+        top_down_blocks=list(omni_model.top_down),
+        posterior_blocks={n: [Gaussian(e) for e in ladder.experts] for n, ladder in ladders.items()},
+        prior_blocks=[Gaussian(p) for p in omni_model.level_priors],
+    )
+def _multivae_cvae(omni_model, recognition):
+    """MultiVae's CVAE (target = omnivae's, conditions = omnivae's, N(0, I) prior) around
+    omnivae's recognition network, condition feature bodies and target decoder.
+
+    MultiVae's default conditional decoder reads the raw flattened conditions; here it reads
+    [z, h(x_c)] with omnivae's learnt condition features h, so both sides train one network.
+    """
+    import torch
+    from multivae import models as mv
+    from multivae.models.nn.base_architectures import BaseConditionalDecoder
+    from pythae.models.base.base_utils import ModelOutput
+
+    class ConditionalDecoder(BaseConditionalDecoder):
+        def __init__(self, model):
+            super().__init__()
+            self.latent_dim = LATENT
+            self.conditions = list(model.conditions)
+            self.features = model.condition_features
+            self.body = model.decoders[model.target].body
+            self.sigmoid = bool(getattr(model.decoders[model.target].head, "sigmoid_loc", False))
+
+        def forward(self, z, cond_mods):
+            h = torch.cat([self.features[n](cond_mods[n]) for n in self.conditions], -1)
+            raw = self.body(torch.cat([z, h], -1))
+            return ModelOutput(reconstruction=torch.sigmoid(raw) if self.sigmoid else raw)
+
+    names = list(omni_model.names)
+    config = mv.CVAEConfig(
+        input_dims={n: tuple(s.shape) for n, s in zip(names, omni_model.modalities)}, latent_dim=LATENT,
+        conditioning_modalities=list(omni_model.conditions), main_modality=omni_model.target, beta=1.0,
+        decoder_dist="laplace", decoder_dist_params={"scale": LIKELIHOOD_SCALE},
+    )
+    return mv.CVAE(config, encoder=recognition, decoder=ConditionalDecoder(omni_model))
 
 
 def multivae_dataset(split, rows: int | None = None):
@@ -408,7 +551,7 @@ def train_worker(args) -> dict:
         dataset = multivae_dataset(data.train)
         loader = DataLoader(dataset, batch_size=bs, shuffle=True, drop_last=True, num_workers=0)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-        epoch = 11 if args.stage == 2 else 1  # JNF: epoch > warmup (10) is its second stage
+        epoch = 11 if args.stage == 2 else 1  # JNF, TELBO: epoch > warmup (10) is the second stage
         model.train()
         where = "cuda" if device.type == "cuda" else "cpu"
 

@@ -32,7 +32,10 @@ def _cases() -> list[tuple[str, str | None]]:
         if not recipe.swappable:
             continue
         # A model added later gets the first aggregator that is not its own.
-        swap = SWAPS.get(name) or next(a for a in AGGREGATORS if a != recipe.aggregator)
+        # A later mixture-of-experts model (its auxiliary parts learn from cross terms)
+        # swaps to another mixture.
+        fallback = "mopoe" if recipe.aggregator == "moe" else next(a for a in AGGREGATORS if a != recipe.aggregator)
+        swap = SWAPS.get(name) or fallback
         assert swap != recipe.aggregator
         cases.append((name, swap))
     return cases
@@ -62,6 +65,22 @@ def _partial_mask() -> torch.Tensor:
     mask[1, 3] = False
     mask[2, 4] = False
     mask[0, 5] = mask[1, 5] = False
+    return mask
+
+
+def _generates_all(config) -> bool:
+    """Whether the model decodes every modality from a latent (``Recipe.generates``); the
+    others (the CVAE) generate only ``model.generated`` given their condition modalities."""
+    return MODELS[config.model].generates == "all"
+
+
+def _generation_mask(model, config) -> torch.Tensor:
+    """The partial mask for models that decode every modality; for a target-only model,
+    every condition observed and its target hidden in rows 2-4 (what it can generate from)."""
+    if _generates_all(config):
+        return _partial_mask()
+    mask = _all_observed()
+    mask[model.names.index(model.generated[0]), 2:5] = False
     return mask
 
 
@@ -159,12 +178,28 @@ def test_values_in_masked_rows_do_not_change_the_loss(built, masked):
 
 
 def test_shapes_of_encode_decode_reconstruct_and_generate(built):
-    model, _, _ = built
+    model, _, config = built
     model.eval()
     x = tiny_batch(B)
     posterior = model.encode(x, _partial_mask())
     assert posterior.mean.shape == (B, model.prior().event_shape[0])
     assert torch.isfinite(posterior.mean).all()
+    if not _generates_all(config):
+        # A latent alone cannot be decoded: decode and generate refuse, naming what to use.
+        with pytest.raises(UserError, match="conditional_generate"):
+            model.decode_mean(torch.randn(B, model.prior().event_shape[0]))
+        with pytest.raises(UserError, match="conditional_generate"):
+            model.generate(5)
+        mask = _generation_mask(model, config)
+        reconstructed = model.reconstruct(x, mask)
+        conditional = model.conditional_generate(x, mask, num_samples=3)
+        assert set(reconstructed) == set(conditional) == set(model.generated)
+        for spec in MODALITIES:
+            if spec.name in model.generated:
+                assert reconstructed[spec.name].shape == (B, *spec.shape)
+                assert conditional[spec.name].shape == (3, B, *spec.shape)
+                assert torch.isfinite(conditional[spec.name]).all()
+        return
 
     z = torch.randn(B, model.prior().event_shape[0])
     decoded = model.decode_mean(z)
@@ -187,12 +222,13 @@ def test_shapes_of_encode_decode_reconstruct_and_generate(built):
 
 
 def test_conditional_generation_depends_on_observed_values_only(built):
-    model, _, _ = built
+    model, _, config = built
     x = tiny_batch(B)
-    mask = _partial_mask()
+    mask = _generation_mask(model, config)
+    generated = "vec" if _generates_all(config) else model.generated[0]
     torch.manual_seed(0)
     samples = model.conditional_generate(x, mask, num_samples=2)
-    assert not torch.equal(samples["vec"][0], samples["vec"][1]), "two draws differ"
+    assert not torch.equal(samples[generated][0], samples[generated][1]), "two draws differ"
     hidden_changed = {k: v.clone() for k, v in x.items()}
     observed_changed = {k: v.clone() for k, v in x.items()}
     for i, name in enumerate(NAMES):
@@ -202,14 +238,19 @@ def test_conditional_generation_depends_on_observed_values_only(built):
     same = model.conditional_generate(hidden_changed, mask, num_samples=2)
     torch.manual_seed(0)
     other = model.conditional_generate(observed_changed, mask, num_samples=2)
-    for name in NAMES:
+    for name in model.generated:
         assert torch.equal(same[name], samples[name]), name
-    assert not torch.equal(other["vec"], samples["vec"]), "samples are conditioned on the observed values"
+    assert not torch.equal(other[generated], samples[generated]), "samples are conditioned on the observed values"
 
 
 def test_reconstruct_decodes_the_posterior_mean_of_the_observed_set(built):
-    model, _, _ = built
+    model, _, config = built
     x = tiny_batch(B)
+    if not _generates_all(config):  # the target, decoded with the conditions (tests/test_cvae.py)
+        mask = _generation_mask(model, config)
+        assert torch.equal(model.reconstruct(x, mask)[model.generated[0]], model.reconstruct(x, mask)[model.generated[0]])
+        assert not torch.equal(model.reconstruct(x)[model.generated[0]], model.reconstruct(x, mask)[model.generated[0]])
+        return
     mask = _partial_mask()
     expected = model.decode_mean(model.encode(x, mask).mean)
     reconstructed = model.reconstruct(x, mask)
@@ -230,14 +271,23 @@ def test_encode_ignores_values_of_unobserved_modalities(built):
 
 
 def test_impute_keeps_observed_values_and_fills_missing_ones(built):
-    model, _, _ = built
+    model, _, config = built
     model.eval()
     x = tiny_batch(B)
-    mask = _partial_mask()
+    mask = _generation_mask(model, config)
     sentinel = {k: v.clone() for k, v in x.items()}
     for i, name in enumerate(NAMES):
         sentinel[name][~mask[i]] = 0.123
     filled = model.impute(sentinel, mask)
+    if not _generates_all(config):  # only the target is filled; a missing condition is refused
+        for i, name in enumerate(NAMES):
+            assert torch.equal(filled[name][mask[i]], x[name][mask[i]]), "observed values must be kept exactly"
+            assert name in model.generated or bool(mask[i].all())
+        target = model.generated[0]
+        assert not (filled[target][~mask[NAMES.index(target)]] == 0.123).all()
+        with pytest.raises(UserError, match="lack"):
+            model.impute(sentinel, _partial_mask())
+        return
     expected = model.decode_mean(model.encode(sentinel, mask).mean)
     for i, spec in enumerate(MODALITIES):
         out = filled[spec.name]
@@ -286,8 +336,14 @@ def test_safetensors_round_trip_is_bit_exact(built, tmp_path):
     fresh.load_state_dict(load_file(str(file)))
     mask = _partial_mask()
     assert torch.equal(fresh.encode(x, mask).mean, model.encode(x, mask).mean)
-    ours, theirs = model.decode_mean(z), fresh.decode_mean(z)
-    for name in NAMES:
+    if not _generates_all(config):
+        torch.manual_seed(5)
+        ours = model.conditional_generate(x, _generation_mask(model, config))
+        torch.manual_seed(5)
+        theirs = fresh.conditional_generate(x, _generation_mask(model, config))
+    else:
+        ours, theirs = model.decode_mean(z), fresh.decode_mean(z)
+    for name in model.generated:
         assert torch.equal(ours[name], theirs[name])
 
 

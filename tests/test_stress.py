@@ -47,6 +47,7 @@ OPTIONS = {
     "jnf-dcca": {"flow_hidden": 16, "projection_dim": 4},
     "jnf-cl": {"flow_hidden": 16, "projection_dim": 4},
     "mmvae+": {"w_dim": 4},
+    "cmvae": {"w_dim": 4, "number_of_clusters": 3},
     "nexus": {"msg_dim": 16, "bottom_dim": 4},
 }
 

@@ -26,7 +26,7 @@ from omnivae.data.torch_data import TorchData
 from omnivae.errors import DataError, UserError, unknown_name
 from omnivae.eval_data import ALL, evaluation_rows
 from omnivae.fileio import atomic_write_bytes
-from omnivae.metrics.common import all_subsets
+from omnivae.metrics import target as target_metrics
 from omnivae.report import evaluation_markdown, latent_map, metric_curves, sample_grid
 from omnivae.report.rows import chance_levels, row_titles, stratified_rows
 from omnivae.train import load_run, resolve_device
@@ -290,6 +290,7 @@ def evaluate_run(
                             "has several labels per row; leave clustering out of the metrics")
         options = replace(options, metrics=tuple(m for m in options.metrics if m != "clustering"))
     model = run.model
+    target_only = target_metrics.generates_one_target(run.model_config.model, options.sampler)  # the CVAE
     if device.type == "cpu":
         # oneDNN runs the conv decoders ~1.4x faster with channels-last weights (same values).
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
@@ -340,11 +341,13 @@ def evaluate_run(
         started = time.perf_counter()
         model.reset_sampler_statistics()
         assert classifiers is not None  # trained above for coherence
-        coherence = conditional_coherence(model, test_rows, classifiers, seed=options.seed, progress=progress, **common)
-        coherence["joint"] = joint_coherence(
-            model, classifiers, num_samples=_given(settings.joint_coherence_samples), seed=options.seed,
-            progress=progress, latent_sampler=latent_sampler, **common,
-        )
+        coherence = (target_metrics.target_coherence if target_only else conditional_coherence)(
+            model, test_rows, classifiers, seed=options.seed, progress=progress, **common)
+        if not target_only:
+            coherence["joint"] = joint_coherence(
+                model, classifiers, num_samples=_given(settings.joint_coherence_samples), seed=options.seed,
+                progress=progress, latent_sampler=latent_sampler, **common,
+            )
         results["coherence"] = coherence
         record("coherence", started, test_rows, **sampled)
     if "probe" in options.metrics:
@@ -362,12 +365,14 @@ def evaluate_run(
             device=device, progress=progress,
         )
         assert likelihood_test is not None
-        likelihood = conditional_log_likelihoods(model, likelihood_test, **lik_options)
-        likelihood["joint"] = joint_log_likelihood(model, likelihood_test, **lik_options)
+        likelihood = (target_metrics.target_log_likelihood if target_only else conditional_log_likelihoods)(
+            model, likelihood_test, **lik_options)
+        if not target_only:
+            likelihood["joint"] = joint_log_likelihood(model, likelihood_test, **lik_options)
         likelihood["num_samples"] = settings.num_importance_samples
         results["likelihood"] = likelihood
         record("likelihood", started, likelihood_test)
-    if "fd" in options.metrics:
+    if "fd" in options.metrics and not target_only:
         started = time.perf_counter()
         model.reset_sampler_statistics()
         feature_fn = None
@@ -382,13 +387,15 @@ def evaluate_run(
     if "recon" in options.metrics:
         started = time.perf_counter()
         model.reset_sampler_statistics()
-        results["recon"] = reconstruction_error(model, test_rows, progress=progress, **common)
+        results["recon"] = (target_metrics.target_reconstruction_error if target_only else reconstruction_error)(
+            model, test_rows, progress=progress, **common)
         record("recon", started, test_rows)
     if "clustering" in options.metrics:
         started = time.perf_counter()
         model.reset_sampler_statistics()
         results["clustering"] = latent_clustering(model, test_rows, seed=options.seed, progress=progress, **common)
         record("clustering", started, test_rows)
+    results.update(target_metrics.skipped(options.metrics) if target_only else {})
     results["seconds"] = timings
     results["settings"] = recorded
     if sampler:
@@ -446,16 +453,12 @@ def draw_samples(run: LoadedRun, data: MultimodalDataset, given: Sequence[str], 
 
 def draw_figures(run: LoadedRun, test: MultimodalDataset, results: dict, folder: Path, seed: int) -> list[str]:
     """Sample grids for one subset of each size, metric curves and the latent map."""
-    names = run.model.names
-    table, keys = all_subsets(names)
     written = []
-    for size in range(1, len(names)):
-        index = int((table.sum(1) == size).nonzero()[0])
-        given = [n for n, keep in zip(names, table[index].tolist(), strict=False) if keep]
+    for given in target_metrics.sample_grid_inputs(run.model):
         inputs, generated, observed, row_labels = draw_samples(run, test, given, 10, seed)
-        file = f"samples_given_{size}.png"
+        file = f"samples_given_{len(given)}.png"
         sample_grid(inputs, generated, run.modalities, folder / file, observed=observed, row_labels=row_labels,
-                    title=f"given {keys[index]}: test examples across classes (seed {seed})")
+                    title=f"given {'+'.join(given)}: test examples across classes (seed {seed})")
         written.append(f"figures/{file}")
     label = run.model_config.model
     curves = {}

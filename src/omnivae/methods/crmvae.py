@@ -6,8 +6,13 @@ the name CRMVAE. The model is a plain :class:`~omnivae.models.MultimodalVAE` who
 posterior is the product of the observed unimodal experts without a N(0, I) expert
 (:class:`~omnivae.aggregators.ProductOfExperts`, ``prior_expert=False``, as MultiVae);
 the method is its objective, :class:`CRMVAELoss`. No copy of the paper is in
-``papers/``: the formula below is the objective as MultiVae trains it (peer protocols),
-and equation numbers of the paper are not cited because they could not be checked offline.
+``papers/``: the formula below is the objective as MultiVae trains it (peer protocols).
+Issue 21 found the submission's text (OpenReview id Rn8u4MYgeNJ, the id MultiVae cites)
+only in part: its abstract confirms the construction (a coordination-based model, the
+unimodal posteriors pulled towards the joint one as in JMVAE-kl, plus reconstructions of
+each modality from its unimodal posterior, which the earlier coordination-based models
+lack), but its equations could not be read offline, so their numbers are not cited and
+the normalisations below are MultiVae's, not checked against the paper.
 """
 
 from __future__ import annotations

@@ -7,27 +7,42 @@ q(z_s | x_m) q(z_p^m | x_m), and its decoder reads (z_s, z_p^m). The shared post
 the observed set is the product of experts with the prior expert,
 q(z_s | X) ~ p(z_s) prod_m q(z_s | x_m) (Wu & Goodman 2018, Eq. 5).
 
-The objective (the paper's Sec. 3: the joint ELBO plus the cross-modal ELBOs; written
-here for any M, with the observed set O of a row):
+The objective (the paper's Sec. 3: the joint ELBO plus the cross-modal ELBOs, each a full
+ELBO of every modality; written here for any M, with the observed set O of a row):
 
-    L = sum_{c in {X} u O} [ sum_{i in O} lambda_i E log p(x_i | z_s^c, z_p^i) - beta KL(q_c(z_s) || p(z_s)) ]
-        - beta sum_{i in O} KL(q(z_p^i | x_i) || p(z_p)),
+    L = sum_{c in {X} u O} ELBO_c,
+    ELBO_c = sum_{i in O} [lambda_i E log p(x_i | z_s^c, z_p^i) - beta KL(q(z_p^i | x_i) || p(z_p))]
+             - beta KL(q_c(z_s) || p(z_s)),
 
 with q_X(z_s) = q(z_s | X) (the PoE) and q_j(z_s) = q(z_s | x_j): every modality is
 reconstructed from its own private latent and the shared latent of the joint posterior
-and of each single modality (self- and cross-modal reconstruction). The private KL
-enters once (in the joint term), the shared KL once per source.
+and of each single modality (self- and cross-modal reconstruction). Each ELBO holds the
+private KLs, so they enter 1 + |O| times; the shared KL of a source enters once.
+
+Sources checked (the paper's PDF is not among the project's stored papers and could not be
+read offline, so its equation numbers are not cited): the authors' code
+(github.com/seqam-lab/DMVAE, ``mnist_svhn/main.py``: one ELBO per (modality, shared
+source) pair, each with the private and the shared KL) and MultiVae's DMVAE, whose loss
+sums M + 1 full ELBOs as above (its private KLs are in every ELBO). omnivae's version
+before issue 21 counted the private KLs once; it now follows the sum of full ELBOs
+(tests/test_dmvae.py checks the count). Differences that remain, by choice:
+
+- the authors' code writes one ELBO per (modality, source) pair, so a shared KL enters
+  once per reconstructed modality, and uses a beta-TCVAE decomposition of the KL
+  (probtorch's ``mws_tcvae``); omnivae keeps the plain KL of the sum of ELBOs above
+  (MultiVae's form);
+- ``beta`` weights every KL here; MultiVae weights the shared KL by ``beta`` and the
+  private ones by per-modality betas (1 by default): equal for beta = 1.
 
 Choices the paper leaves open:
 
-- One draw of each z_p^i and of each z_s^c per row, shared by the terms that read it.
+- One draw of each z_p^i and of each z_s^c per row, shared by the terms that read it
+  (MultiVae draws z_p^i afresh in each ELBO: the same expectation).
 - Gaussian posteriors everywhere; p(z_p) = N(0, I); p(z_s) is ``--prior`` (a KL without
   closed form, Laplace, is the one-draw estimate).
 - ``private_dim`` defaults to 10 (a choice; set it per dataset).
 - Missing modalities: sources and reconstructions over the observed set only, so an
   unobserved entry gets zero gradient.
-- The paper's equation numbers were not checked (the paper is not among the project's
-  stored papers); the formula follows its Sec. 3 and MultiVae's documented DMVAE loss.
 
 Multi-latent model in the single-latent API: the latent is u = [z_s, z_p^1, ..., z_p^M]
 (size D + M P); decoder m reads (z_s, z_p^m). The posterior given a subset S is the
@@ -157,7 +172,8 @@ def _kl(posterior: Distribution, prior: Distribution, z: Tensor) -> Tensor:
 
 class DMVAEObjective(Objective):
     """DMVAE's loss: the joint ELBO with the PoE shared posterior plus one cross-modal ELBO
-    per observed modality's shared posterior (see the module docstring for the formula),
+    per observed modality's shared posterior, each with the private KLs (see the module
+    docstring for the formula),
     averaged over the batch and negated; a (``kl_weight``) the KL warm-up factor.
 
     Args:
@@ -191,7 +207,9 @@ class DMVAEObjective(Objective):
             log_p = model.likelihood_weights[index] * model.decoder_log_prob(name, x[name], inputs)  # [1 + M, B]
             rec = rec + torch.where(mask[index], log_p, zero)
         weight = self.beta * kl_weight
-        elbo = torch.where(valid, rec - weight * shared_kl, zero).sum(0) - weight * private_kl
+        # Each of the row's 1 + |O| ELBOs (joint, one per observed source) holds the private KLs.
+        private_count = valid.sum(0).to(private_kl.dtype)
+        elbo = torch.where(valid, rec - weight * shared_kl, zero).sum(0) - weight * private_count * private_kl
         loss = -elbo.mean()
         terms = {
             "rec_joint": -rec[0].mean(),

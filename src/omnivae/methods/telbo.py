@@ -27,8 +27,20 @@ Choices the paper leaves open (it has two modalities):
   of modality m the rows where m is observed. Unobserved entries get zero gradient.
 - The likelihood weights lambda of the paper are the model's likelihood weights
   (``rescale_likelihoods``); the paper's per-term KL weights are the one ``beta``.
-- The paper's exact equation numbers were not checked (the paper is not among the
-  project's stored papers); the formula above follows its Sec. 3.
+- The paper's equation numbers are not cited: its PDF is not among the project's stored
+  papers and could not be read offline (issue 21 searched for it). The formula above
+  follows its Sec. 3 as MultiVae documents it and as the authors' released code computes
+  it (github.com/google/joint_vae, ``joint_vae/multimodal_elbo_loss.py``: the three ELBOs,
+  each unimodal one reconstructing its own modality, with per-modality likelihood scales).
+
+Where the authors' code differs from this schedule: it optimises the three ELBOs in one
+loss (each row's present ELBOs averaged), with options to stop the unimodal terms'
+gradients into the decoders; omnivae, like MultiVae, trains the joint VAE first and the
+unimodal encoders afterwards with the decoders frozen, which gives the decoders the same
+training signal (the joint term only) without the two objectives competing for the
+shared steps. MultiVae's stage 2 computes KL(q(z | x_m) || p(z)) with the joint encoder's
+log-variance in place of the unimodal one (its ``telbo_model.py``); omnivae uses the
+unimodal KL the formula calls for.
 """
 
 from __future__ import annotations

@@ -10,6 +10,11 @@ classes up to renaming, and about 0 (ARI exactly 0 in expectation) for one indep
 them. MultiVae has a clustering metric of this kind; the subsets follow the linear probe
 (:mod:`omnivae.metrics.probe`).
 
+A model that clusters by itself (a ``cluster(x, members)`` method giving one cluster per
+row and a ``num_clusters`` attribute, as CMVAE, :mod:`omnivae.methods.cmvae`) is also
+scored on its own assignments, with the same subsets, rows and scores, under the key
+``"model"``: its clusters need not number as many as the classes.
+
 Choices: k-means runs on the raw means, not standardised ones, since standardising would
 blow up the latent units a VAE leaves inactive (means near 0 for every row) to the scale of
 the informative ones; ``n_init`` restarts from k-means++ seeds, seeded.
@@ -31,8 +36,10 @@ from omnivae.data.base import MultimodalDataset
 from omnivae.errors import DataError, UserError
 from omnivae.metrics.common import (
     all_subsets,
+    eval_batches,
     evaluating,
     mean_by_size,
+    model_inputs,
     progress_bar,
     require_labels,
 )
@@ -68,6 +75,20 @@ def cluster_scores(features: np.ndarray, labels: np.ndarray, *, seed: int = 0, n
             float(adjusted_rand_score(labels, assigned)))
 
 
+def _own_assignments(
+    model: MultimodalVAE, data: MultimodalDataset, subsets: torch.Tensor, batch_size: int, device: torch.device | str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The model's own clusters ``[S, N]`` of every subset and their validity ``[S, N]``."""
+    assign, valid = [], []
+    for batch in eval_batches(data, batch_size, device):
+        x = model_inputs(model, batch)
+        observed = model.stack_mask(x, batch.mask)
+        members = model.subset_masks(subsets, torch.ones_like(observed))  # [M, S, B]
+        assign.append(model.cluster(x, members))  # type: ignore[operator]
+        valid.append(~(members & ~observed.unsqueeze(1)).any(0))
+    return torch.cat(assign, 1).cpu().numpy(), torch.cat(valid, 1).cpu().numpy()
+
+
 def latent_clustering(
     model: MultimodalVAE,
     data: MultimodalDataset,
@@ -92,7 +113,8 @@ def latent_clustering(
     Returns:
         ``{"nmi": {"per_subset": {"m0": ..., "m0+m1": ...}, "by_size": {"1": ...}},
         "ari": {...}, "num_clusters": K}``; a subset with fewer than K observed rows is
-        left out.
+        left out. A model with its own ``cluster`` method adds ``"model": {"nmi": ...,
+        "ari": ..., "num_clusters": its K}``, its assignments scored likewise.
 
     Raises:
         DataError: without labels, with multi-label data (CelebA's attributes have no
@@ -119,6 +141,20 @@ def latent_clustering(
                 nmi[key], ari[key] = cluster_scores(means[index][rows], labels[rows], seed=seed,
                                                     n_init=n_init, num_clusters=k)
             bar.update()
-    return {"nmi": {"per_subset": nmi, "by_size": mean_by_size(nmi)},
-            "ari": {"per_subset": ari, "by_size": mean_by_size(ari)},
-            "num_clusters": k}
+    out: dict = {"nmi": {"per_subset": nmi, "by_size": mean_by_size(nmi)},
+                 "ari": {"per_subset": ari, "by_size": mean_by_size(ari)},
+                 "num_clusters": k}
+    if callable(getattr(model, "cluster", None)):
+        with torch.no_grad(), evaluating(model):
+            assigned, ok = _own_assignments(model, data, subsets, batch_size, device)
+        own_nmi: dict[str, float] = {}
+        own_ari: dict[str, float] = {}
+        for index, key in enumerate(keys):
+            rows = ok[index]
+            if rows.sum() >= max(k, 2):
+                own_nmi[key] = float(normalized_mutual_info_score(labels[rows], assigned[index][rows]))
+                own_ari[key] = float(adjusted_rand_score(labels[rows], assigned[index][rows]))
+        out["model"] = {"nmi": {"per_subset": own_nmi, "by_size": mean_by_size(own_nmi)},
+                        "ari": {"per_subset": own_ari, "by_size": mean_by_size(own_ari)},
+                        "num_clusters": int(getattr(model, "num_clusters", 0))}
+    return out

@@ -81,6 +81,11 @@ class MultimodalVAE(nn.Module):
         return len(self.names)
 
     @property
+    def generated(self) -> tuple[str, ...]:
+        """The modalities this model decodes: all of them here; one target for a CVAE."""
+        return tuple(self.names)
+
+    @property
     def device(self) -> torch.device:
         return self.likelihood_weights.device
 

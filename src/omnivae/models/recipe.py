@@ -68,6 +68,11 @@ class Recipe:
     swappable: bool = True
     """Whether another aggregator can replace the method's aggregation (not for Nexus,
     whose aggregation is a mean of learnt messages, not of posteriors)."""
+    generates: Literal["all", "target"] = "all"
+    """Which modalities the model can decode: ``"all"`` from a latent alone (z ~ p(z) for
+    ``generate``, any subset's posterior for cross generation), or only one ``"target"``
+    modality, given condition modalities (the CVAE: ``model.generated`` names it; ``decode``
+    and ``generate`` refuse and evaluation computes only what such a model defines)."""
 
     @property
     def options(self) -> dict[str, Any]:

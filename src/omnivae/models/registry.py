@@ -17,10 +17,13 @@ from torch import nn
 from omnivae.errors import UserError
 from omnivae.methods import (
     barycentric,
+    cmvae,
     crmvae,
+    cvae,
     dmvae,
     jmvae,
     jnf,
+    mhvae,
     mmvaeplus,
     mmvamp,
     mvtcae,
@@ -40,7 +43,7 @@ __all__ = ["MODELS", "build_model", "check_networks", "recipe_options", "parse_o
 
 MODELS: dict[str, Recipe] = {
     recipe.name: recipe
-    for family in (barycentric, jmvae, mvtcae, jnf, mmvamp, mmvaeplus, nexus, crmvae, telbo, dmvae)
+    for family in (barycentric, jmvae, mvtcae, jnf, mmvamp, mmvaeplus, nexus, crmvae, telbo, dmvae, cmvae, mhvae, cvae)
     for recipe in family.RECIPES
 }
 """Every registered recipe by name."""

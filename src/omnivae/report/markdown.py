@@ -66,6 +66,11 @@ def evaluation_markdown(results: Mapping, header: Mapping[str, object]) -> str:
                 "NMI and ARI against the labels)", "",
                 _by_size_table("NMI by number of inputs:", nmi["by_size"]), "",
                 table(["subset", "NMI", "ARI"], [[k, v, ari["per_subset"].get(k)] for k, v in nmi["per_subset"].items()])]
+        if "model" in clusters:
+            own = clusters["model"]
+            out += ["", f"The model's own cluster assignments ({own.get('num_clusters')} clusters):", "",
+                    table(["subset", "NMI", "ARI"],
+                          [[k, v, own["ari"]["per_subset"].get(k)] for k, v in own["nmi"]["per_subset"].items()])]
     if "likelihood" in results:
         lik = results["likelihood"]
         out += ["", f"## Log-likelihoods (importance sampling, K = {lik.get('num_samples')})", "",
@@ -76,8 +81,8 @@ def evaluation_markdown(results: Mapping, header: Mapping[str, object]) -> str:
         if subsets.get("sampled"):
             out += ["", f"{subsets['of']:,} subsets are too many to score: {subsets['scored']:,} of them are "
                     f"(every single modality, the full set and random subsets, seed {subsets.get('seed')})."]
-        keys = list(lik.get("joint_given_subset", {}))
-        rows = [[k, lik["joint_given_subset"].get(k), lik.get("conditional", {}).get(k)] for k in keys]
+        keys = list(lik.get("joint_given_subset", {})) or list(lik.get("conditional", {}))
+        rows = [[k, lik.get("joint_given_subset", {}).get(k), lik.get("conditional", {}).get(k)] for k in keys]
         out += ["", table(["subset S", "log p(X), proposal q(z|x_S)", "log p(X_rest | x_S)"], rows)]
     if "fd" in results:
         fd = results["fd"]
@@ -87,10 +92,12 @@ def evaluation_markdown(results: Mapping, header: Mapping[str, object]) -> str:
             out += ["", _by_size_table("Conditional, by number of inputs:", fd["conditional_by_size"])]
     if "recon" in results:
         rec = results["recon"]
-        names = list(rec["self"])
+        names = list(rec["self"]) or list(rec["joint"])
         rows = [[n, rec["self"].get(n), rec.get("cross", {}).get(n), rec["joint"].get(n)] for n in names]
         out += ["", "## Reconstruction error (mean squared error)", "",
                 table(["modality", "from itself", "from the others", "from all"], rows)]
+    if results.get("skipped"):
+        out += ["", "## Not computed for this model", "", table(["metric", "why"], list(results["skipped"].items()))]
     if "sampler" in results:
         rows = [[metric, stats.get("acceptance_rate"), stats.get("chain_steps"), stats.get("seconds"),
                  stats.get("chain_steps_per_second")] for metric, stats in results["sampler"].items()]
