@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -90,3 +91,17 @@ def test_evaluate_clustering_end_to_end(npz, tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", str(run), "--metrics", "clustering,kmeans", *EVAL]) == 2
     assert "kmeans" in one_error_line(capsys)
+
+
+def test_degenerate_features_score_zero_without_a_kmeans_warning():
+    """A latent that is the same point for every row (a subset whose posterior is the
+    prior) carries no information: NMI and ARI are 0, and k-means' warning about fewer
+    distinct points than clusters does not reach the user; two distinct points that split
+    the classes exactly still score 1."""
+    labels = np.repeat(np.arange(4), 5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert cluster_scores(np.zeros((20, 3)), labels) == (0.0, 0.0)
+        halves = np.repeat(np.array([[0.0], [1.0]]), 10, axis=0)
+        nmi, ari = cluster_scores(halves, labels // 2, num_clusters=4)
+    assert nmi == pytest.approx(1.0) and ari == pytest.approx(1.0)

@@ -70,7 +70,15 @@ def cluster_scores(features: np.ndarray, labels: np.ndarray, *, seed: int = 0, n
         raise DataError("clustering needs at least two classes among the labels", parameter="data")
     if features.shape[0] < k:
         raise DataError(f"clustering {features.shape[0]} rows into {k} clusters needs at least {k} rows")
-    assigned = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(features.astype(np.float64))
+    points = features.astype(np.float64)
+    distinct, inverse = np.unique(points, axis=0, return_inverse=True)
+    if distinct.shape[0] <= k:
+        # Fewer distinct points than clusters (a subset whose posterior is the prior for
+        # every row, as a CVAE's without its target): each distinct point is its own
+        # cluster, which is what k-means would find, without its degenerate-data warning.
+        assigned = inverse.reshape(-1)
+    else:
+        assigned = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit_predict(points)
     return (float(normalized_mutual_info_score(labels, assigned)),
             float(adjusted_rand_score(labels, assigned)))
 
