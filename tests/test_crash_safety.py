@@ -218,7 +218,7 @@ def reference(zygote, npz, scratch) -> tuple[Path, float]:
 
 def test_sigkill_at_random_instants_never_loses_a_run(zygote, npz, reference, scratch):
     """At least 50 SIGKILLs at random instants (half of the runs with slowed saves, so that
-    many kills land inside one); after each, the run loads at its last published checkpoint
+    many kills land inside one; more, up to 200, until 5 have); after each, the run loads at its last published checkpoint
     (never an earlier one), and ``--resume`` ends on the uninterrupted run's parameters."""
     reference_run, seconds = reference
     expected = model_tensors(reference_run)
@@ -227,7 +227,9 @@ def test_sigkill_at_random_instants_never_loses_a_run(zygote, npz, reference, sc
     started = time.monotonic()
     tmp_path = scratch / "kills"
     tmp_path.mkdir()
-    while kills < 50:
+    # On a loaded machine fewer kills land inside a save; keep killing (up to 200) until
+    # at least 5 have, so the check below tests the writer, not the machine's load.
+    while kills < 50 or (in_save < 5 and kills < 200):
         run = tmp_path / f"run{runs}"
         # Every other run sleeps between the files of a save (five sleeps: 50 ms per save, about
         # half of its time) and is killed once training is under way, so that many kills land
