@@ -7,6 +7,7 @@ a real vector, a binary vector), a 4-dimensional latent space and one hidden lay
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,14 @@ MODALITIES: tuple[ModalitySpec, ...] = (
     ModalitySpec("bits", (5,), "binary"),
 )
 NAMES = [m.name for m in MODALITIES]
+
+# Three real vectors and five rows: the float64 hand-computation tests of the methods.
+VECTORS: tuple[ModalitySpec, ...] = (
+    ModalitySpec("a", (3,), "vector"),
+    ModalitySpec("b", (4,), "vector"),
+    ModalitySpec("c", (2,), "vector"),
+)
+VECTOR_ROWS = 5
 
 
 def tiny_config(model: str = "mwb", **overrides) -> ModelConfig:
@@ -100,3 +109,24 @@ def write_tiny_npz(path: Path, n: int = 40, seed: int = 0, **extra: np.ndarray) 
     arrays.update(extra)
     np.savez(path, **arrays)
     return path
+
+
+def vector_batch(seed: int = 0, modalities: tuple[ModalitySpec, ...] = VECTORS,
+                 rows: int = VECTOR_ROWS) -> dict[str, Tensor]:
+    """Standard-normal float64 values for each vector modality."""
+    gen = torch.Generator().manual_seed(seed)
+    return {m.name: torch.randn(rows, *m.shape, generator=gen, dtype=torch.float64) for m in modalities}
+
+
+def partial_mask() -> Tensor:
+    """A mask over VECTORS' 5 rows: rows 0, 2, 4 observe everything; row 1 misses ``a``;
+    row 3 observes only ``a``."""
+    mask = torch.ones(len(VECTORS), VECTOR_ROWS, dtype=torch.bool)
+    mask[0, 1] = False
+    mask[1, 3] = mask[2, 3] = False
+    return mask
+
+
+def gaussian_log_prob(x: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
+    """log N(x; loc, diag(scale^2)), summed over the last dimension, written out by hand."""
+    return (-0.5 * ((x - loc) / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)

@@ -17,16 +17,14 @@ from scipy.stats import multivariate_normal
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from torch import Tensor
 
-from helpers import tiny_config, tiny_dataset, tiny_splits, write_tiny_npz
+from helpers import VECTORS, gaussian_log_prob, partial_mask, tiny_config, tiny_dataset, tiny_splits, vector_batch, write_tiny_npz
 from omnivae.cli import main
-from omnivae.data.base import ModalitySpec
 from omnivae.errors import UserError
 from omnivae.methods.cmvae import CMVAE, GaussianMixturePrior, select_clusters
 from omnivae.metrics.clustering import latent_clustering
 from omnivae.models import build_model
 from omnivae.train import TrainConfig, load_run, train
 
-VECTORS = (ModalitySpec("a", (3,), "vector"), ModalitySpec("b", (4,), "vector"), ModalitySpec("c", (2,), "vector"))
 B, W, K_CLUSTERS = 5, 2, 3
 
 
@@ -38,23 +36,6 @@ def vector_model(**options: object) -> tuple:
     with torch.no_grad():  # a non-uniform pi, so that log pi_c matters
         model.mixture.logits.copy_(torch.linspace(0.5, -0.3, model.mixture.num_clusters))
     return model, objective
-
-
-def vector_batch(seed: int = 0) -> dict[str, Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return {m.name: torch.randn(B, *m.shape, generator=gen, dtype=torch.float64) for m in VECTORS}
-
-
-def partial_mask() -> Tensor:
-    """Rows 0, 2, 4 observe everything; row 1 misses ``a``; row 3 observes only ``a``."""
-    mask = torch.ones(3, B, dtype=torch.bool)
-    mask[0, 1] = False
-    mask[1, 3] = mask[2, 3] = False
-    return mask
-
-
-def gaussian_log_prob(x: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
-    return (-0.5 * ((x - loc) / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 def explicit_bound(model: CMVAE, x, mask, blocks, samples, beta: float) -> Tensor:

@@ -13,26 +13,15 @@ import pytest
 import torch
 from torch import Tensor
 
-from helpers import MODALITIES, NAMES, tiny_batch, tiny_config, tiny_splits, write_tiny_npz
+from helpers import MODALITIES, NAMES, VECTORS, tiny_batch, tiny_config, tiny_splits, vector_batch, write_tiny_npz
 from omnivae.aggregators import ProductOfExperts
 from omnivae.cli import main
-from omnivae.data.base import ModalitySpec
 from omnivae.methods.crmvae import CRMVAELoss
 from omnivae.models import MODELS, build_model
 from omnivae.train import TrainConfig, load_run, train
 from omnivae.train.checkpoint import published_checkpoint
 
-VECTORS = (
-    ModalitySpec("a", (3,), "vector"),
-    ModalitySpec("b", (4,), "vector"),
-    ModalitySpec("c", (2,), "vector"),
-)
 B = 5
-
-
-def vector_batch(seed: int) -> dict[str, Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return {m.name: torch.randn(B, *m.shape, generator=gen, dtype=torch.float64) for m in VECTORS}
 
 
 def kl_diag(mu_q: Tensor, var_q: Tensor, mu_p: Tensor, var_p: Tensor) -> Tensor:

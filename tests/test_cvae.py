@@ -17,37 +17,22 @@ import pytest
 import torch
 from torch import Tensor
 
-from helpers import tiny_batch, tiny_config, tiny_splits, write_tiny_npz
+from helpers import VECTORS, gaussian_log_prob, tiny_batch, tiny_config, tiny_splits, vector_batch, write_tiny_npz
 from omnivae.cli import main
-from omnivae.data.base import ModalitySpec
 from omnivae.errors import DataError, UserError
 from omnivae.methods.cvae import CVAELoss, CVAEModel
 from omnivae.models import MODELS, build_model
 from omnivae.train import TrainConfig, load_run, train
 from omnivae.train.checkpoint import published_checkpoint
 
-VECTORS = (
-    ModalitySpec("a", (3,), "vector"),
-    ModalitySpec("b", (4,), "vector"),
-    ModalitySpec("c", (2,), "vector"),
-)
 B = 5
 TINY = ["--backbone", "mlp", "--hidden", "16", "--latent-dim", "4", "--batch-size", "16", "--no-progress",
         "--device", "cpu"]
 
 
-def vector_batch(seed: int) -> dict[str, Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return {m.name: torch.randn(B, *m.shape, generator=gen, dtype=torch.float64) for m in VECTORS}
-
-
 def kl_diag(mu_q: Tensor, var_q: Tensor, mu_p: Tensor, var_p: Tensor) -> Tensor:
     """KL between diagonal Gaussians, written out independently of the library."""
     return 0.5 * (var_q / var_p + (mu_p - mu_q) ** 2 / var_p - 1 + var_p.log() - var_q.log()).sum(-1)
-
-
-def gaussian_log_prob(x: Tensor, mean: Tensor, scale: Tensor) -> Tensor:
-    return (-0.5 * ((x - mean) / scale) ** 2 - scale.log() - 0.5 * math.log(2 * math.pi)).sum(-1)
 
 
 def _model(**options) -> tuple[CVAEModel, CVAELoss]:

@@ -11,15 +11,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from helpers import MODALITIES, tiny_config, tiny_splits, write_tiny_npz
+from helpers import MODALITIES, VECTORS, gaussian_log_prob, partial_mask, tiny_config, tiny_splits, vector_batch, write_tiny_npz
 from omnivae.cli import main
-from omnivae.data.base import ModalitySpec
 from omnivae.functional import subset_matrix
 from omnivae.methods.telbo import TELBOVAE
 from omnivae.models import build_model
 from omnivae.train import TrainConfig, Trainer, load_run, train
 
-VECTORS = (ModalitySpec("a", (3,), "vector"), ModalitySpec("b", (4,), "vector"), ModalitySpec("c", (2,), "vector"))
 B = 5
 
 
@@ -27,23 +25,6 @@ def vector_model(**options: object) -> tuple:
     torch.manual_seed(0)
     model, objective = build_model(tiny_config("telbo", options=options), VECTORS)
     return model.double(), objective
-
-
-def vector_batch(seed: int = 0) -> dict[str, Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return {m.name: torch.randn(B, *m.shape, generator=gen, dtype=torch.float64) for m in VECTORS}
-
-
-def partial_mask() -> Tensor:
-    """Rows 0, 2, 4 observe everything; row 1 misses ``a``; row 3 observes only ``a``."""
-    mask = torch.ones(3, B, dtype=torch.bool)
-    mask[0, 1] = False
-    mask[1, 3] = mask[2, 3] = False
-    return mask
-
-
-def gaussian_log_prob(x: Tensor, loc: Tensor, scale: Tensor) -> Tensor:
-    return (-0.5 * ((x - loc) / scale) ** 2 - scale.log() - 0.5 * torch.log(torch.tensor(2 * torch.pi))).sum(-1)
 
 
 def kl_to_standard_normal(loc: Tensor, scale: Tensor) -> Tensor:
