@@ -106,3 +106,19 @@ def test_loads_are_identical_and_a_run_keeps_its_corrupted_data(tmp_path, monkey
     assert saved["name"] == name
     assert main(["evaluate", str(run), "--metrics", "recon", "--device", "cpu", "--no-progress"]) == 0
     assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0  # same data: no refusal
+
+
+def test_rows_where_the_modality_is_missing_keep_their_values_and_do_not_bias_the_noise():
+    """Noise goes only where the modality is observed, drawn from the statistics of the
+    observed training rows: the zeros stored for missing rows neither move nor shift it."""
+    spec = ModalitySpec("v", (2,), "vector")
+    n = 20_000
+    values = torch.tensor([[10.0, -4.0]]) + torch.randn(n, 2)
+    observed = torch.arange(n) % 2 == 0
+    values[~observed] = 0.0
+    data = MultimodalDataset((spec, ModalitySpec("w", (1,), "vector")), {"v": values, "w": torch.zeros(n, 1)},
+                             masks={"v": observed, "w": torch.ones(n, dtype=torch.bool)})
+    noisy = corrupt_with_noise(DatasetSplits(data, data), ["v"], "toy").train.values("v")
+    assert torch.equal(noisy[~observed], values[~observed])
+    assert torch.allclose(noisy[observed].mean(0), torch.tensor([10.0, -4.0]), atol=0.05)
+    assert torch.allclose(noisy[observed].std(0), torch.ones(2), rtol=0.05)

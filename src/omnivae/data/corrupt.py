@@ -90,13 +90,21 @@ def corrupt_with_noise(splits: DatasetSplits, modalities: list[str], source: str
         spec = next(s for s in splits.modalities if s.name == name)
         generator = torch.Generator().manual_seed((zlib.crc32(name.encode()) + 7919 * seed) % 2**63)
         reference = train.values(name)
+        if name in train.masks:  # the statistics of the observed rows only
+            reference = reference[train.masks[name].to(reference.device)]
         train = _replace(train, spec, _noise(spec, reference, len(train), generator))
         test = _replace(test, spec, _noise(spec, reference, len(test), generator))
     return DatasetSplits(train, test)
 
 
 def _replace(data: MultimodalDataset, spec: ModalitySpec, values: Tensor) -> MultimodalDataset:
+    """``data`` with modality ``spec`` replaced by ``values`` on its observed rows; rows
+    where it is missing keep what the loader stored there."""
     rows = {k: v for k, v in data.rows.items() if k != spec.name}
+    if spec.name in data.masks:
+        original = data.values(spec.name).to(values.device)
+        missing = ~data.masks[spec.name].to(values.device)
+        values = torch.where(missing.reshape(-1, *[1] * (values.dim() - 1)), original, values)
     return replace(data, data={**data.data, spec.name: values.to(data.data[spec.name].device)}, rows=rows,
                    masks=dict(data.masks))
 
